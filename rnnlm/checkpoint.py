@@ -1,0 +1,112 @@
+"""Checkpoints: one self-contained file, written atomically, loaded safely.
+
+A checkpoint is a plain dict of tensors and plain Python types, saved with ``torch.save``
+and loaded with ``torch.load(weights_only=True)``, so a file that carries a pickle which
+would run code is refused without running it. Keys:
+
+    format_version   int, CHECKPOINT_FORMAT
+    model            state_dict of the unwrapped model (no `module.` / `_orig_mod.` prefixes)
+    optimizer        optimizer state_dict
+    scaler           fp16 gradient-scaler state_dict or None
+    config           the run's config as plain types
+    tokenizer        the tokenizer as its JSON string
+    vocab_size       int
+    step, epoch, batch_index, tokens_seen, elapsed_seconds, bad_steps_skipped
+    best_val_loss    float (inf before the first evaluation)
+    hidden           the carried hidden state: list (layers) of lists of tensors
+    rng              torch (and CUDA) generator states
+    text_hash        hash of the cleaned training text, so resume can refuse other data
+
+Tensors are moved to the CPU before saving, so a GPU-trained model loads anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlm.errors import RnnlmError
+
+CHECKPOINT_FORMAT = 1
+REQUIRED_KEYS = ("format_version", "model", "config", "tokenizer", "vocab_size")
+
+
+def to_cpu(obj: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    """Write `checkpoint` to `path` via a temporary file in the same folder and a rename.
+
+    os.replace is atomic on POSIX and Windows: a reader (or a crash at any moment) sees
+    either the old complete file or the new complete file, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(to_cpu(checkpoint), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint safely, turning every way it can be wrong into one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise RnnlmError(f"checkpoint {str(path)!r} not found; pass the path of a last.pt or best.pt "
+                         "written by training")
+    if path.is_dir():
+        raise RnnlmError(f"checkpoint {str(path)!r} is a directory; pass a file such as {path / 'best.pt'}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise RnnlmError(f"checkpoint {str(path)!r} holds Python objects that could run code when "
+                             "loaded; refused (rnnlm checkpoints hold only tensors and plain types)") from None
+        raise RnnlmError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint ({_first_line(e)}); "
+                         "use another file, e.g. best.pt or last.pt") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, KeyError) as e:
+        raise RnnlmError(f"checkpoint {str(path)!r} is truncated, corrupt or not a PyTorch file "
+                         f"({_first_line(e)}); use another file, e.g. best.pt or last.pt") from None
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED_KEYS):
+        raise RnnlmError(f"checkpoint {str(path)!r} is not an rnnlm checkpoint (missing keys); "
+                         "pass a last.pt or best.pt written by rnnlm training")
+    if checkpoint["format_version"] != CHECKPOINT_FORMAT:
+        raise RnnlmError(f"checkpoint {str(path)!r} has format {checkpoint['format_version']}, "
+                         f"this rnnlm reads format {CHECKPOINT_FORMAT}")
+    return checkpoint
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__

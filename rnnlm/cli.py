@@ -1,0 +1,209 @@
+"""Command line: `rnnlm train | generate | evaluate` (also `rnnlm-train`, ... and scripts/*.py).
+
+Every user-facing failure is an RnnlmError, printed here as one line `error: ...` with
+exit status 2; an interrupted training run exits with 130 after saving its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+from rnnlm.errors import RnnlmError
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Call a command, turning user errors into one line and a non-zero exit code."""
+    from rnnlm.train import TrainingInterrupted
+
+    warnings.showwarning = _warning_line
+    try:
+        return fn(args) or 0
+    except RnnlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------------------------
+# train
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="dotted overrides, each value parsed as YAML, e.g. optim.lr=3e-3 model.cell=gru")
+    p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="",
+                   help="continue the run in RUN_DIR (default: the config's train.out_dir) from last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over in an existing run directory")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rnnlm.config import load_config
+    from rnnlm.train import train
+
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append("train.resume=true")
+        if args.resume:
+            overrides.append(f"train.out_dir={args.resume}")
+    if args.overwrite:
+        overrides.append("train.overwrite=true")
+    cfg = load_config(args.config, overrides)
+    train(cfg)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# generate
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="text to continue (default: the checkpoint's sample.prompt; '-' reads stdin)")
+    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default: sample.max_new_tokens)")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--num-samples", type=int, default=1, help="independent continuations to print")
+    p.add_argument("--seed", type=int, default=None, help="seed for a reproducible sample")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
+
+
+def read_prompt(args: argparse.Namespace, default: str) -> str:
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise RnnlmError(f"prompt file {str(path)!r} not found")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise RnnlmError(f"prompt file {str(path)!r} is not UTF-8 (byte {e.start})") from None
+    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty() and not sys.stdin.closed
+                              and _stdin_has_data()):
+        return sys.stdin.read()
+    return default if args.prompt is None else args.prompt
+
+
+def _stdin_has_data() -> bool:
+    import select
+    try:
+        ready, _, _ = select.select([sys.stdin], [], [], 0)
+        return bool(ready)
+    except (OSError, ValueError):
+        return False
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rnnlm.sample import generate, load_model_from_checkpoint, print_stream
+
+    lm = load_model_from_checkpoint(args.checkpoint, args.device)
+    sc = lm.config.sample
+    prompt = read_prompt(args, sc.prompt)
+    opts = dict(
+        max_new_tokens=sc.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens,
+        temperature=sc.temperature if args.temperature is None else args.temperature,
+        top_k=sc.top_k if args.top_k is None else args.top_k,
+        top_p=sc.top_p if args.top_p is None else args.top_p,
+        num_samples=args.num_samples, seed=args.seed,
+    )
+    if opts["max_new_tokens"] < 0:
+        raise RnnlmError(f"--max-new-tokens must be >= 0, got {opts['max_new_tokens']}")
+    if opts["top_k"] < 0:
+        raise RnnlmError(f"--top-k must be >= 0, got {opts['top_k']}")
+    separator = " " if lm.config.tokenizer.kind == "word" else ""
+    if args.num_samples == 1:
+        print_stream(prompt + separator)
+        generate(lm, prompt, on_text=print_stream, **opts)
+        print()
+    else:
+        for i, text in enumerate(generate(lm, prompt, **opts)):
+            print(f"--- sample {i + 1}\n{prompt}{separator}{text}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate
+
+
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--split", choices=["train", "valid", "test"], default=None,
+                     help="a split of the checkpoint's corpus (default: test)")
+    src.add_argument("--text", metavar="FILE", help="any UTF-8 text file, scored as a whole")
+    p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: the run's)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rnnlm.evaluate import format_metrics, score_split, score_text_file
+    from rnnlm.sample import load_model_from_checkpoint
+
+    lm = load_model_from_checkpoint(args.checkpoint, args.device)
+    if args.batch_size is not None and args.batch_size < 1 or args.seq_len < 1:
+        raise RnnlmError("--batch-size and --seq-len must be at least 1")
+    batch_size = args.batch_size or lm.config.train.batch_size
+    if args.text:
+        name = args.text
+        m = score_text_file(lm, args.text, batch_size=batch_size, seq_len=args.seq_len)
+    else:
+        name = args.split or "test"
+        m = score_split(lm, name, batch_size=batch_size, seq_len=args.seq_len)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "source": name, **m}))
+    else:
+        print(format_metrics(name, m))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# entry points
+
+COMMANDS = {
+    "train": (add_train_args, cmd_train, "train a model from a YAML config"),
+    "generate": (add_generate_args, cmd_generate, "continue a prompt from a checkpoint"),
+    "evaluate": (add_evaluate_args, cmd_evaluate, "loss, perplexity and bits per character of a checkpoint"),
+}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="rnnlm", description="Recurrent-network language models in PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(fn=fn)
+    args = parser.parse_args(argv)
+    return run(args.fn, args)
+
+
+def _single(name: str):
+    def entry(argv: Optional[list[str]] = None) -> int:
+        add_args, fn, help_text = COMMANDS[name]
+        parser = argparse.ArgumentParser(prog=f"rnnlm-{name}", description=help_text)
+        add_args(parser)
+        return run(fn, parser.parse_args(argv))
+    return entry
+
+
+train_main = _single("train")
+generate_main = _single("generate")
+evaluate_main = _single("evaluate")

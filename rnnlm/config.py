@@ -1,0 +1,369 @@
+"""Typed configuration: YAML file -> nested dataclasses, plus dotted command-line overrides.
+
+    cfg = load_config("configs/war_and_peace.yaml", ["optim.lr=3e-3", "model.cell=gru"])
+
+Every section is a dataclass with one docstring line per field and checks in
+``__post_init__``. An unknown key, a value of the wrong type or out of range is a
+``RnnlmError`` that names the key (and, for a typo, the closest valid one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from rnnlm.errors import RnnlmError
+
+WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
+CELL_KINDS = ("rnn", "gru", "lstm")
+TOKENIZER_KINDS = ("bpe", "word", "char")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise RnnlmError(f"config: {key} {message}")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is read."""
+
+    path: str = "data/war_and_peace.txt"
+    """UTF-8 text file to train on; relative paths are taken from the working directory."""
+    url: Optional[str] = WAR_AND_PEACE_URL
+    """Downloaded to `path` when that file is missing; null never downloads."""
+    encoding: str = "utf-8"
+    """Text encoding of the file."""
+    errors: str = "strict"
+    """What to do with undecodable bytes: strict (stop with the byte offset) | replace | ignore."""
+    cache_dir: str = "data/cache"
+    """Folder for cached tokenizers and token ids, so a second run does not re-tokenize."""
+
+    def __post_init__(self):
+        _check(self.errors in ("strict", "replace", "ignore"), "data.errors",
+               f"must be strict, replace or ignore, got {self.errors!r}")
+        try:
+            "".encode(self.encoding)
+        except LookupError:
+            raise RnnlmError(f"config: data.encoding {self.encoding!r} is not a known text encoding "
+                             "(try utf-8 or latin-1)") from None
+
+
+@dataclass
+class TokenizerConfig:
+    """How text becomes token ids (Hugging Face `tokenizers`, trained on the train split)."""
+
+    kind: str = "bpe"
+    """bpe (byte-level, lossless) | word (word-level with <unk>) | char."""
+    vocab_size: int = 4096
+    """Vocabulary size for bpe and word; char uses every character of the train split."""
+
+    def __post_init__(self):
+        _check(self.kind in TOKENIZER_KINDS, "tokenizer.kind",
+               f"must be one of {', '.join(TOKENIZER_KINDS)}, got {self.kind!r}")
+        _check(self.vocab_size >= 2, "tokenizer.vocab_size", f"must be at least 2, got {self.vocab_size}")
+        if self.kind == "bpe":
+            _check(self.vocab_size >= 257, "tokenizer.vocab_size",
+                   f"must be at least 257 for bpe (256 bytes + merges), got {self.vocab_size}")
+
+
+@dataclass
+class ModelConfig:
+    """Embedding -> stacked recurrent layers -> output layer."""
+
+    cell: str = "lstm"
+    """Recurrent cell: rnn (Elman, tanh) | gru | lstm."""
+    embedding_size: Optional[int] = None
+    """Width of the token embedding (null: hidden_size; must equal it when tie_weights is on)."""
+    hidden_size: int = 512
+    """Width of each recurrent layer's hidden state."""
+    num_layers: int = 2
+    """Number of stacked recurrent layers."""
+    dropout: float = 0.0
+    """Variational (locked) dropout on each layer's output: one mask per sequence."""
+    embed_dropout: float = 0.0
+    """Drops whole tokens of the vocabulary from the embedding (AWD-LSTM)."""
+    weight_drop: float = 0.0
+    """DropConnect on the hidden-to-hidden weights, one mask per batch (AWD-LSTM)."""
+    tie_weights: bool = True
+    """Share the input embedding with the output layer (Press & Wolf 2017)."""
+    impl: str = "fast"
+    """Recurrent layer implementation: fast (default) | reference (plain per-step autograd)."""
+
+    def __post_init__(self):
+        _check(self.cell in CELL_KINDS, "model.cell",
+               f"must be one of {', '.join(CELL_KINDS)}, got {self.cell!r}")
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
+        for name in ("embedding_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            _check(value > 0, f"model.{name}", f"must be positive, got {value}")
+        for name in ("dropout", "embed_dropout", "weight_drop"):
+            value = getattr(self, name)
+            _check(0.0 <= value < 1.0, f"model.{name}", f"must be in [0, 1), got {value}")
+        _check(self.impl in ("fast", "reference"), "model.impl",
+               f"must be fast or reference, got {self.impl!r}")
+        if self.tie_weights:
+            _check(self.embedding_size == self.hidden_size, "model.tie_weights",
+                   f"needs embedding_size == hidden_size ({self.embedding_size} != {self.hidden_size}); "
+                   "set them equal or tie_weights: false")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate schedule and gradient clipping."""
+
+    name: str = "adamw"
+    """adamw | sgd."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (AdamW) or L2 (SGD); not applied to biases."""
+    betas: tuple = (0.9, 0.99)
+    """AdamW's moving-average coefficients."""
+    momentum: float = 0.0
+    """SGD momentum."""
+    clip_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to lr over this many steps."""
+    schedule: str = "cosine"
+    """After warmup: cosine (decay to min_lr_ratio * lr at the end of the run) | constant."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr for the cosine schedule."""
+
+    def __post_init__(self):
+        _check(self.name in ("adamw", "sgd"), "optim.name", f"must be adamw or sgd, got {self.name!r}")
+        _check(self.lr > 0, "optim.lr", f"must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        self.betas = tuple(self.betas)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+               f"must be two numbers in [0, 1), got {list(self.betas)}")
+        _check(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(self.clip_grad_norm >= 0, "optim.clip_grad_norm", f"must be >= 0, got {self.clip_grad_norm}")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(self.schedule in ("cosine", "constant"), "optim.schedule",
+               f"must be cosine or constant, got {self.schedule!r}")
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batches, length of the run, evaluation, checkpoints, device."""
+
+    out_dir: str = "runs/war_and_peace"
+    """Run directory: config.yaml, tokenizer.json, last.pt, best.pt, metrics.jsonl."""
+    batch_size: int = 32
+    """Number of parallel streams through the corpus (B)."""
+    seq_len: int = 64
+    """Steps of backpropagation through time per batch (T)."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (null: no limit)."""
+    max_epochs: Optional[float] = None
+    """Stop after this many passes over the train split (null: no limit)."""
+    max_minutes: Optional[float] = None
+    """Stop after this many minutes of training (null: no limit)."""
+    eval_every: int = 500
+    """Evaluate on the validation split every this many steps (and at the end)."""
+    eval_tokens: Optional[int] = None
+    """Cap on validation tokens per periodic evaluation (null: the whole split)."""
+    checkpoint_every: int = 500
+    """Write last.pt every this many steps (and at the end)."""
+    log_every: int = 20
+    """Update the progress bar and metrics.jsonl every this many steps."""
+    seed: int = 1337
+    """Seed for every random number generator."""
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler). Only on CUDA."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    num_threads: Optional[int] = None
+    """CPU threads for torch (null: torch's default)."""
+    resume: bool = False
+    """Continue from out_dir/last.pt."""
+    overwrite: bool = False
+    """Allow starting a fresh run in an out_dir that already holds a run."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    max_bad_steps: int = 5
+    """Stop after this many optimizer steps in a row with a non-finite loss or gradient."""
+
+    def __post_init__(self):
+        for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "log_every", "max_bad_steps"):
+            value = getattr(self, name)
+            _check(value > 0, f"train.{name}", f"must be positive, got {value}")
+        for name in ("max_steps", "max_epochs", "max_minutes", "eval_tokens", "num_threads"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"train.{name}", f"must be positive or null, got {value}")
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "train.device",
+               f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        _check(self.precision in ("fp32", "bf16", "fp16"), "train.precision",
+               f"must be fp32, bf16 or fp16, got {self.precision!r}")
+
+
+@dataclass
+class SampleConfig:
+    """Defaults for generation from a checkpoint."""
+
+    prompt: str = "Napoleon was the Emperor of"
+    """Text the model continues."""
+    max_new_tokens: int = 100
+    """Number of tokens to generate."""
+    temperature: float = 0.8
+    """Softmax temperature; 0 picks the most likely token (greedy)."""
+    top_k: int = 0
+    """Sample only among the k most likely tokens (0: all)."""
+    top_p: float = 1.0
+    """Sample only among the most likely tokens whose probabilities sum to p (nucleus)."""
+
+    def __post_init__(self):
+        _check(self.max_new_tokens >= 0, "sample.max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
+        _check(self.temperature >= 0, "sample.temperature", f"must be >= 0, got {self.temperature}")
+        _check(self.top_k >= 0, "sample.top_k", f"must be >= 0, got {self.top_k}")
+        _check(0 < self.top_p <= 1, "sample.top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Config:
+    """A whole run. Sections: data, tokenizer, model, optim, train, sample."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with errors that name the key.
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting int -> float where harmless."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    shown = "null" if value is None else repr(value)
+    raise RnnlmError(f"config: {key} must be {_type_name(tp)}, got {shown} ({type(value).__name__})")
+
+
+def _unknown_key(section: str, key: str, valid: list[str]) -> RnnlmError:
+    where = f"{section}.{key}" if section else key
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return RnnlmError(f"config: unknown key {where!r}{hint}; valid keys: {', '.join(valid)}")
+
+
+def _build(cls, values: Any, section: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise RnnlmError(f"config: section {section!r} must be a mapping of keys to values, "
+                         f"got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_key(section, str(key), list(fields))
+        full = f"{section}.{key}" if section else key
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, full)
+        else:
+            kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Any) -> Config:
+    """Build a checked Config from plain nested dicts (as read from YAML or a checkpoint)."""
+    return _build(Config, values, "")
+
+
+def config_to_dict(cfg) -> dict:
+    """The config as plain types (lists, not tuples), ready for YAML or a checkpoint."""
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings to a nested dict; each value is parsed as YAML."""
+    valid_sections = [f.name for f in dataclasses.fields(Config)]
+    for item in overrides:
+        if "=" not in item:
+            raise RnnlmError(f"override {item!r} must look like section.key=value, e.g. optim.lr=3e-3")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise RnnlmError(f"override {item!r} must name section.key, e.g. model.cell=gru")
+        section, key = parts
+        if section not in valid_sections:
+            raise _unknown_key("", section, valid_sections)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML: keep the text as a string; the type check decides.
+        sec = values.setdefault(section, {})
+        if sec is None:
+            sec = values[section] = {}
+        sec[key] = value
+    return values
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML config (or start from the defaults when `path` is None) and apply overrides."""
+    values: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RnnlmError(f"config file {str(path)!r} not found; pass an existing YAML file, "
+                             "e.g. --config configs/war_and_peace.yaml")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or "invalid YAML"
+            raise RnnlmError(f"config file {str(path)!r}: YAML syntax error{where}: {problem}") from None
+        except UnicodeDecodeError:
+            raise RnnlmError(f"config file {str(path)!r} is not UTF-8 text") from None
+        if not isinstance(values, dict):
+            raise RnnlmError(f"config file {str(path)!r} must hold a mapping of sections "
+                             "(data, tokenizer, model, optim, train, sample)")
+    values = apply_overrides(values, list(overrides or []))
+    return config_from_dict(values)
+
+
+def dump_config(cfg: Config) -> str:
+    """The fully resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

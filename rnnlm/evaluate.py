@@ -1,0 +1,144 @@
+"""Scoring a model on a token sequence: loss, perplexity, bits per character.
+
+The metrics (../shared/DESIGN.md) mean the same thing everywhere in rnnlm:
+
+    loss        = sum of token NLL / number of scored tokens          (nats per token)
+    perplexity  = exp(loss)
+    bpc         = sum of token NLL / ln 2 / number of characters      (bits per character)
+
+Every token but the first is scored exactly once: the first has no context to be
+predicted from, so it is given as context and its characters are left out of the count.
+The text is cut into a few long streams that are run side by side with the hidden state
+carried along each stream, as in training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from rnnlm.model import RNNLM, detach_state
+
+
+def eval_streams(ids: torch.Tensor, num_streams: int, seq_len: int):
+    """Lay ids (L,) out as S overlapping streams so each of tokens 1..L-1 is a target once.
+
+    Stream s holds ids[s*N : s*N + N + 1]: its last token is the next stream's first,
+    so the target of one stream's last step is not lost. Short streams are padded; the
+    padded targets are -100 (ignored by cross_entropy).
+
+        ids:      0 1 2 3 4 5 6 7 8 9        L = 10, S = 3, N = ceil(9 / 3) = 3
+        stream 0: 0 1 2 3
+        stream 1: 3 4 5 6
+        stream 2: 6 7 8 9
+    """
+    n_targets = ids.numel() - 1
+    num_streams = max(1, min(num_streams, n_targets // max(1, seq_len)))
+    n = math.ceil(n_targets / num_streams)
+    inputs = torch.zeros(num_streams, n, dtype=torch.long)
+    targets = torch.full((num_streams, n), -100, dtype=torch.long)
+    for s in range(num_streams):
+        chunk = ids[s * n: s * n + n + 1]
+        if chunk.numel() < 2:
+            break
+        inputs[s, : chunk.numel() - 1] = chunk[:-1]
+        targets[s, : chunk.numel() - 1] = chunk[1:]
+    return inputs, targets
+
+
+@torch.no_grad()
+def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_len: int = 128,
+                 device=None, max_tokens: Optional[int] = None, autocast=None) -> tuple[float, int]:
+    """Total NLL (nats) and the number of scored tokens of `ids` under `model` (eval mode)."""
+    if max_tokens is not None:
+        ids = ids[: max_tokens + 1]
+    if ids.numel() < 2:
+        return 0.0, 0
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    inputs, targets = eval_streams(ids, batch_size, seq_len)
+    inputs, targets = inputs.to(device), targets.to(device)
+    state = None
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for i in range(0, inputs.size(1), seq_len):
+        x, y = inputs[:, i:i + seq_len], targets[:, i:i + seq_len]
+        if autocast is not None:
+            with autocast():
+                logits, state = model(x, state)
+        else:
+            logits, state = model(x, state)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                 ignore_index=-100, reduction="sum").double()
+        count += int((y != -100).sum())
+        state = detach_state(state)
+    model.train(was_training)
+    return float(total), count
+
+
+def metrics(nll_sum: float, n_tokens: int, n_chars: int) -> dict:
+    """loss (nats/token), perplexity and bits per character from a summed NLL."""
+    loss = nll_sum / max(1, n_tokens)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bpc": nll_sum / math.log(2) / max(1, n_chars),
+        "tokens": n_tokens,
+        "chars": n_chars,
+    }
+
+
+def scored_chars(text_chars: int, first_token_text: str) -> int:
+    """Characters that the scored tokens cover: all but those of the first (context) token."""
+    return max(1, text_chars - len(first_token_text))
+
+
+def format_metrics(name: str, m: dict) -> str:
+    return (f"{name}: loss {m['loss']:.4f} nats/token | perplexity {m['perplexity']:.2f} | "
+            f"{m['bpc']:.4f} bits/char | {m['tokens']:,} tokens, {m['chars']:,} chars")
+
+
+def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128) -> dict:
+    """Metrics of a loaded model (sample.LoadedModel) on token ids covering n_chars characters."""
+    from rnnlm import tokenizer as tokenization
+
+    nll, n = evaluate_ids(lm.model, ids, batch_size=batch_size, seq_len=seq_len, device=lm.device)
+    first = tokenization.decode(lm.tokenizer, ids[:1].tolist())
+    return metrics(nll, n, scored_chars(n_chars, first))
+
+
+def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:
+    """Metrics of a loaded model on any text, the hidden state carried across all of it."""
+    from rnnlm import tokenizer as tokenization
+    from rnnlm.errors import RnnlmError
+
+    ids = torch.tensor(tokenization.encode(lm.tokenizer, text), dtype=torch.long)
+    if ids.numel() < 2:
+        raise RnnlmError("the text is too short to score: it needs at least two tokens")
+    return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len)
+
+
+def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128) -> dict:
+    """score_text on a file read with the checkpoint's data.encoding and data.errors."""
+    from rnnlm.data import read_text
+
+    dc = lm.config.data
+    return score_text(lm, read_text(path, encoding=dc.encoding, errors=dc.errors),
+                      batch_size=batch_size, seq_len=seq_len)
+
+
+def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:
+    """Metrics of a loaded model on one split of the corpus it was trained on."""
+    from rnnlm import tokenizer as tokenization
+    from rnnlm.data import load_corpus
+
+    cfg = lm.config
+    corpus = load_corpus(cfg.data.path, url=cfg.data.url, encoding=cfg.data.encoding, errors=cfg.data.errors,
+                         tokenizer_kind=cfg.tokenizer.kind, vocab_size=cfg.tokenizer.vocab_size,
+                         cache_dir=cfg.data.cache_dir, tokenizer_json=tokenization.to_json(lm.tokenizer),
+                         progress=False)
+    return score_ids(lm, corpus.ids[split], corpus.chars[split], batch_size=batch_size, seq_len=seq_len)

@@ -1,0 +1,396 @@
+"""Training: one loop you can read top to bottom, with small pure helpers beside it.
+
+The corpus is laid out as B parallel streams (see data.batchify); each step takes the
+next seq_len tokens of every stream, carries the hidden state over from the step before
+(detached: truncated backpropagation through time), clips the global gradient norm and
+takes an optimizer step. Validation runs every `train.eval_every` steps; `last.pt` is
+written every `train.checkpoint_every` steps and `best.pt` whenever validation improves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rnnlm import tokenizer as tokenization
+from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
+from rnnlm.config import Config, config_from_dict, config_to_dict, dump_config
+from rnnlm.data import Corpus, batchify, check_enough_tokens, get_batch, load_corpus
+from rnnlm.errors import RnnlmError
+from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
+from rnnlm.model import RNNLM, count_parameters, detach_state
+
+# Config sections whose change makes a checkpoint's weights or data position meaningless.
+RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size", "data.path")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the checkpoint is written and the run can be resumed."""
+
+    def __init__(self, signum: int, path: Path):
+        super().__init__(f"stopped by signal {signum}; progress saved to {path} "
+                         f"(continue with train.resume=true)")
+        self.signum = signum
+
+
+# ---------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RnnlmError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RnnlmError("train.device=mps but MPS is not available here; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """A zero-argument factory of autocast contexts (nullcontext for fp32 or off CUDA)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if device.type != "cuda":
+        raise RnnlmError(f"train.precision={precision} needs a CUDA device (got {device.type}); "
+                         "use train.precision=fp32")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise RnnlmError("train.precision=bf16 is not supported by this GPU; use fp16 or fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW or SGD; weight decay on matrices only (not on biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def get_lr(step: int, progress: float, cfg) -> float:
+    """Learning rate at `step`: linear warmup over warmup_steps, then cosine by `progress`.
+
+    `progress` in [0, 1] is how far the run is towards its limit (steps, epochs or
+    minutes, whichever is nearest), so the cosine ends at min_lr_ratio * lr exactly when
+    the run does, also for a run bounded only by time.
+    """
+    warmup = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "constant":
+        return cfg.lr * warmup
+    progress = min(max(progress, 0.0), 1.0)
+    cosine = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * warmup * cosine
+
+
+def run_progress(step: int, epoch_float: float, seconds: float, tc) -> float:
+    """Fraction of the run done: the largest of the fractions of each limit that is set."""
+    fractions = [0.0]
+    if tc.max_steps:
+        fractions.append(step / tc.max_steps)
+    if tc.max_epochs:
+        fractions.append(epoch_float / tc.max_epochs)
+    if tc.max_minutes:
+        fractions.append(seconds / (60 * tc.max_minutes))
+    return max(fractions)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> list[str]:
+    """`section.key: saved -> current` for each setting that must match on resume."""
+    diffs = []
+    for key in keys:
+        section, _, name = key.partition(".")
+        a, b = saved.get(section, {}), current.get(section, {})
+        pairs = {name: (a.get(name), b.get(name))} if name else \
+            {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))}
+        for k, (x, y) in pairs.items():
+            if x != y:
+                diffs.append(f"{section}.{k}: {x!r} -> {y!r}")
+    return diffs
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------
+# Run directory and corpus
+
+
+def prepare_run_dir(cfg: Config) -> Optional[dict]:
+    """Create out_dir; return the checkpoint to resume from, if resuming."""
+    out = Path(cfg.train.out_dir)
+    last = out / "last.pt"
+    if cfg.train.resume:
+        if not last.exists():
+            raise RnnlmError(f"cannot resume: {last} not found; start a new run without train.resume")
+        return load_checkpoint(last)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.train.overwrite:
+            raise RnnlmError(f"run directory {out} already exists; continue it with --resume "
+                             "(train.resume=true), start over with --overwrite, or set train.out_dir")
+        for name in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "tokenizer.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def load_training_corpus(cfg: Config, tokenizer_json: Optional[str] = None, progress: bool = True) -> Corpus:
+    return load_corpus(cfg.data.path, url=cfg.data.url, encoding=cfg.data.encoding, errors=cfg.data.errors,
+                       tokenizer_kind=cfg.tokenizer.kind, vocab_size=cfg.tokenizer.vocab_size,
+                       cache_dir=cfg.data.cache_dir, tokenizer_json=tokenizer_json, progress=progress)
+
+
+def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autocast=None,
+                  max_tokens: Optional[int] = None) -> dict:
+    """loss / perplexity / bpc of `model` on one split of the corpus."""
+    ids = corpus.ids[split]
+    nll, n = evaluate_ids(model, ids, batch_size=cfg.train.batch_size, seq_len=max(cfg.train.seq_len, 64),
+                          device=device, max_tokens=max_tokens, autocast=autocast)
+    if max_tokens is not None and ids.numel() > max_tokens + 1:
+        text = tokenization.decode(corpus.tokenizer, ids[: max_tokens + 1].tolist())
+        chars = len(text)
+    else:
+        chars = corpus.chars[split]
+    first = tokenization.decode(corpus.tokenizer, ids[:1].tolist())
+    return metrics(nll, n, scored_chars(chars, first))
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: Config) -> dict:
+    """Train a model as configured; return the final metrics (validation and test)."""
+    tc = cfg.train
+    if not (tc.max_steps or tc.max_epochs or tc.max_minutes):
+        raise RnnlmError("training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes")
+    resume = prepare_run_dir(cfg)
+    out = Path(tc.out_dir)
+    device = resolve_device(tc.device)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    torch.manual_seed(tc.seed)
+    autocast = autocast_context(device, tc.precision)
+
+    # --- data: tokenizer trained on the train split (or taken from the checkpoint)
+    corpus = load_training_corpus(cfg, tokenizer_json=resume["tokenizer"] if resume else None, progress=tc.progress)
+    if resume is not None:
+        diffs = config_differences(resume["config"], config_to_dict(cfg))
+        if resume.get("text_hash") != corpus.text_hash:
+            diffs.append(f"data: the text of {cfg.data.path} differs from the one this run was trained on")
+        if diffs:
+            raise RnnlmError("cannot resume: settings differ from the checkpoint's: " + "; ".join(diffs))
+    vocab_size = corpus.tokenizer.get_vocab_size()
+    check_enough_tokens(corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
+    train_data = batchify(corpus.ids["train"], tc.batch_size).to(device)  # (B, N)
+    stream_len = train_data.size(1)
+
+    # --- model and optimizer
+    model = RNNLM(vocab_size, cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
+    step, epoch, position, tokens_seen, elapsed, bad_steps_skipped = 0, 0, 0, 0, 0.0, 0
+    best_val_loss = math.inf
+    hidden = None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        step, epoch, position = resume["step"], resume["epoch"], resume["position"]
+        tokens_seen, elapsed = resume["tokens_seen"], resume["elapsed_seconds"]
+        bad_steps_skipped, best_val_loss = resume["bad_steps_skipped"], resume["best_val_loss"]
+        if resume["hidden"] is not None:
+            hidden = [tuple(t.to(device) for t in layer) for layer in resume["hidden"]]
+        set_rng_state(resume["rng"], device)
+    train_model = torch.compile(model) if tc.compile else model
+
+    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    (out / "tokenizer.json").write_text(tokenization.to_json(corpus.tokenizer), encoding="utf-8")
+    print(dump_config(cfg).rstrip())
+    print(f"device {device} | vocab {vocab_size} | {count_parameters(model):,} parameters | "
+          f"train {corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {stream_len:,}"
+          + (f" | resuming at step {step}" if resume else ""))
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(path, {
+            "format_version": CHECKPOINT_FORMAT,
+            "model": unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "config": config_to_dict(cfg),
+            "tokenizer": tokenization.to_json(corpus.tokenizer),
+            "vocab_size": vocab_size,
+            "step": step, "epoch": epoch, "position": position,
+            "tokens_seen": tokens_seen, "elapsed_seconds": elapsed,
+            "bad_steps_skipped": bad_steps_skipped, "best_val_loss": best_val_loss,
+            "hidden": [list(layer) for layer in hidden] if hidden is not None else None,
+            "rng": rng_state(device),
+            "text_hash": corpus.text_hash,
+        })
+
+    def log(record: dict) -> None:
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # SIGINT / SIGTERM: finish the step in flight, save, then stop (see the loop's end).
+    stop_signal = []
+    previous_handlers = {}
+    if _in_main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[sig] = signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+    batches_per_epoch = math.ceil((stream_len - 1) / tc.seq_len)
+    total = tc.max_steps or (int(tc.max_epochs * batches_per_epoch) if tc.max_epochs else None)
+    bar = tqdm(total=total, initial=step, disable=not tc.progress, dynamic_ncols=True, unit="step")
+    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    bad_in_a_row = 0
+    last_good = out / "last.pt" if resume else None
+    run_start = time.perf_counter() - elapsed
+    model.train()
+    try:
+        while True:
+            elapsed = time.perf_counter() - run_start
+            epoch_float = epoch + position / max(1, stream_len - 1)
+            if ((tc.max_steps and step >= tc.max_steps) or (tc.max_epochs and epoch_float >= tc.max_epochs)
+                    or (tc.max_minutes and elapsed >= 60 * tc.max_minutes)):
+                break
+            if position >= stream_len - 1:  # end of the streams: a new epoch starts afresh
+                epoch, position, hidden = epoch + 1, 0, None
+                continue
+
+            x, y = get_batch(train_data, position, tc.seq_len)  # (B, T), y shifted by one
+            lr = get_lr(step, run_progress(step, epoch_float, elapsed, tc), cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            with autocast():
+                logits, new_hidden = train_model(x, hidden)  # (B, T, V)
+                loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), y.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            # clip_grad_norm_ returns the norm before clipping; inf = measure only.
+            max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+            if not all_finite(loss.detach(), grad_norm):
+                # Skip the update, keep the old state; the data moves on.
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.update()
+                bad_steps_skipped += 1
+                bad_in_a_row += 1
+                position += x.size(1)
+                if bad_in_a_row >= tc.max_bad_steps:
+                    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+                    raise RnnlmError(f"stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                                     f"at step {step}; {where}; lower optim.lr or set optim.clip_grad_norm")
+                continue
+            bad_in_a_row = 0
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            hidden = detach_state(new_hidden)
+            step += 1
+            position += x.size(1)
+            tokens_seen += x.numel()
+
+            window_loss += loss.item()
+            window_steps += 1
+            window_tokens += x.numel()
+            if step % tc.log_every == 0:
+                now = time.perf_counter()
+                train_loss = window_loss / window_steps
+                tok_s = window_tokens / max(1e-9, now - window_start)
+                log({"step": step, "epoch": round(epoch_float, 4), "tokens": tokens_seen, "train_loss": train_loss,
+                     "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
+                     "seconds": round(now - run_start, 2)})
+                bar.set_postfix(loss=f"{train_loss:.3f}", ppl=f"{math.exp(min(train_loss, 700)):.1f}",
+                                lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now
+            bar.update(1)
+
+            if step % tc.eval_every == 0:
+                val = split_metrics(model, corpus, "valid", cfg, device, autocast, tc.eval_tokens)
+                log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
+                     "seconds": round(time.perf_counter() - run_start, 2)})
+                bar.write(f"step {step}: " + format_metrics("valid", val))
+                elapsed = time.perf_counter() - run_start
+                if val["loss"] < best_val_loss:
+                    best_val_loss = val["loss"]
+                    checkpoint(out / "best.pt")
+            if step % tc.checkpoint_every == 0:
+                elapsed = time.perf_counter() - run_start
+                checkpoint(out / "last.pt")
+                last_good = out / "last.pt"
+            if stop_signal:
+                elapsed = time.perf_counter() - run_start
+                checkpoint(out / "last.pt")
+                raise TrainingInterrupted(stop_signal[0], out / "last.pt")
+    finally:
+        bar.close()
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+    # --- the end: final validation, checkpoints, test numbers of the best model
+    elapsed = time.perf_counter() - run_start
+    val = split_metrics(model, corpus, "valid", cfg, device, autocast)
+    log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
+         "seconds": round(elapsed, 2)})
+    print(f"step {step}: " + format_metrics("valid", val))
+    if val["loss"] < best_val_loss or not (out / "best.pt").exists():
+        best_val_loss = val["loss"]
+        checkpoint(out / "best.pt")
+    checkpoint(out / "last.pt")
+    best = load_checkpoint(out / "best.pt", map_location=device)
+    model.load_state_dict(best["model"])
+    test = split_metrics(model, corpus, "test", cfg, device, autocast)
+    minutes = (time.perf_counter() - run_start) / 60
+    print(f"trained {step} steps, {tokens_seen:,} tokens in {minutes:.1f} min"
+          + (f" ({bad_steps_skipped} non-finite steps skipped)" if bad_steps_skipped else ""))
+    print(f"best checkpoint {out / 'best.pt'} (step {best['step']}): " + format_metrics("test", test))
+    return {"valid": val, "test": test, "steps": step, "tokens": tokens_seen, "minutes": minutes,
+            "best_step": best["step"], "out_dir": str(out)}
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,11 @@
+"""Entry point: `python scripts/generate.py --help` (same as the `rnnlm-generate` command)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from rnnlm.cli import generate_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(generate_main())
