@@ -1,0 +1,326 @@
+"""Corpus: fetch, read, clean, split, tokenize (cached), and lay out as B parallel streams.
+
+The split rule is the project's contract (../shared/DESIGN.md), reproduced exactly by
+:func:`clean_text` and :func:`split_text`: every tool that reports a number on "the test
+split" means the same characters.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from . import tokenizer as tokenization
+from .errors import RnnlmError
+
+WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
+
+SPLITS = ("train", "valid", "test")
+_START_MARK = "*** START OF"
+_END_MARK = "*** END OF"
+_CACHE_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------------------
+# Getting the text
+
+
+def download(url: str, path, progress: bool = True) -> Path:
+    """Download ``url`` to ``path`` with a progress bar.
+
+    The bytes go to a temporary file in the same folder, renamed into place only when
+    complete, so an interrupted download never leaves a truncated ``path`` behind.
+    """
+    from tqdm import tqdm
+
+    path = Path(path)
+    hint = f"download it by hand and save it as {path} (or set data.path to a local text file)"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RnnlmError(f"cannot create folder {path.parent} for the download ({e.strerror}); set data.path elsewhere") from None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "rnnlm (+https://github.com)"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=60) as response:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            got = 0
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=f"downloading {path.name}", disable=not progress) as bar:
+                while chunk := response.read(1 << 16):
+                    out.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+            if total is not None and got < total:
+                raise RnnlmError(f"download of {url} stopped after {got} of {total} bytes; try again or {hint}")
+        os.replace(tmp, path)
+    except RnnlmError:
+        _remove(tmp)
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        _remove(tmp)
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise RnnlmError(f"cannot download {url} ({reason}); {hint}") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _remove(path) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def read_text(path, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """The text of a file, or a one-line RnnlmError saying what is wrong and how to fix it.
+
+    A leading byte-order mark is dropped: it marks the encoding, it is not text.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RnnlmError(f"data file {path} does not exist; set data.path to a text file, or data.url to download one there")
+    if path.is_dir():
+        raise RnnlmError(f"data path {path} is a directory; set data.path to a text file inside it")
+    try:
+        codec = codecs.lookup(encoding)
+        codecs.lookup_error(errors)
+    except LookupError as e:
+        raise RnnlmError(f"{e}; set data.encoding to e.g. utf-8 or latin-1 and data.errors to strict, replace or ignore") from None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RnnlmError(f"cannot read data file {path} ({e.strerror}); check its permissions or set data.path to another file") from None
+    # NUL bytes do not occur in text, except in the UTF-16/32 encodings.
+    if not codec.name.startswith(("utf-16", "utf-32")) and b"\x00" in data[:8192]:
+        raise RnnlmError(f"data file {path} looks binary (it has NUL bytes); set data.path to a plain text file")
+    try:
+        text = data.decode(encoding, errors)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise RnnlmError(
+            f"data file {path} is not valid {encoding}: byte 0x{data[e.start]:02x} at offset {e.start} "
+            f"(line {line}); set data.encoding to the file's encoding (e.g. latin-1) or data.errors=replace"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        raise RnnlmError(f"data file {path} is empty (or only whitespace); set data.path to a file with text in it")
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# Cleaning and the 80/10/10 split (the rule in DESIGN.md, exactly)
+
+
+def clean_text(text: str) -> str:
+    """CRLF -> LF; Project Gutenberg header and footer off; exactly one final newline.
+
+    Everything through the line holding ``*** START OF`` (when present) and everything
+    from ``*** END OF`` on is dropped; then leading and trailing newlines are stripped
+    and one newline ends the text. A text with nothing left is returned as "".
+    """
+    text = text.replace("\r\n", "\n")
+    start = text.find(_START_MARK)
+    if start != -1:
+        eol = text.find("\n", start)
+        text = "" if eol == -1 else text[eol + 1:]
+    end = text.find(_END_MARK)
+    if end != -1:
+        text = text[:end]
+    text = text.strip("\n")
+    return text + "\n" if text else ""
+
+
+def split_text(text: str) -> dict[str, str]:
+    """Split cleaned text 80/10/10 into ``train``, ``valid``, ``test`` at line ends.
+
+    Train ends at the first newline at or after 80% of the characters (the newline is
+    train's), validation at the first newline at or after 90%, test is the rest. When
+    there is no such newline that leaves the later splits non-empty (a text of one or a
+    few lines), the cut falls at that character position instead.
+    """
+    n = len(text)
+    if n < 3:
+        raise RnnlmError(
+            f"the text has {n} character(s) after cleaning, too few for train, validation and test splits; use a longer text"
+        )
+    train_end = _cut(text, 8, lo=1, hi=n - 2)
+    valid_end = _cut(text, 9, lo=train_end + 1, hi=n - 1)
+    return {"train": text[:train_end], "valid": text[train_end:valid_end], "test": text[valid_end:]}
+
+
+def _cut(text: str, tenths: int, lo: int, hi: int) -> int:
+    """End (exclusive) of a split: after the first newline at or after tenths/10 of the
+    text, if that end lies in [lo, hi]; else the character position itself, clamped."""
+    at = -(-len(text) * tenths // 10)  # ceil, in exact integer arithmetic
+    nl = text.find("\n", max(at, lo - 1))
+    if nl != -1 and lo <= nl + 1 <= hi:
+        return nl + 1
+    return min(max(at, lo), hi)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenized, cached corpus
+
+
+@dataclass
+class Corpus:
+    """A tokenized corpus: one 1-D id tensor and one character count per split."""
+
+    tokenizer: Tokenizer
+    ids: dict[str, torch.Tensor]  # split -> (N,) int64
+    chars: dict[str, int]  # split -> characters after cleaning (the denominator of bpc)
+    text_hash: str  # sha256 of the cleaned text: identifies the data a model saw
+
+
+def load_corpus(
+    path,
+    *,
+    url: str | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    tokenizer_kind: str = "bpe",
+    vocab_size: int = 4096,
+    cache_dir="data/cache",
+    tokenizer_json: str | None = None,
+    progress: bool = True,
+) -> Corpus:
+    """Read, clean, split and tokenize a text file; download it first if missing and a
+    ``url`` is given.
+
+    The tokenizer is trained on the train split, unless ``tokenizer_json`` is given (a
+    run being resumed or evaluated must use its own tokenizer). Tokenizer and ids are
+    cached in ``cache_dir`` under a hash of the cleaned text and the tokenizer settings,
+    so a second run skips tokenization; ``cache_dir=None`` turns the cache off.
+    """
+    path = Path(path)
+    if not path.exists() and url:
+        download(url, path, progress=progress)
+    text = clean_text(read_text(path, encoding=encoding, errors=errors))
+    if not text.strip():
+        raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg header/footer; use another file")
+    splits = split_text(text)
+    chars = {name: len(splits[name]) for name in SPLITS}
+    text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    key = hashlib.sha256(
+        "\0".join([f"v{_CACHE_FORMAT}", text_hash, tokenizer_kind, str(vocab_size), tokenizer_json or ""]).encode("utf-8")
+    ).hexdigest()[:24]
+    cache_file = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
+
+    cached = _load_cache(cache_file) if cache_file is not None else None
+    if cached is not None:
+        tok = tokenization.from_json(cached["tokenizer_json"])
+        ids = {name: cached["ids"][name].long() for name in SPLITS}
+        return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash)
+
+    if tokenizer_json is not None:
+        tok = tokenization.from_json(tokenizer_json)
+    else:
+        tok = tokenization.train_tokenizer(tokenizer_kind, splits["train"], vocab_size)
+    ids = {name: torch.tensor(tokenization.encode(tok, splits[name]), dtype=torch.long) for name in SPLITS}
+    if cache_file is not None:
+        _save_cache(cache_file, {
+            "format": _CACHE_FORMAT,
+            "tokenizer_json": tokenization.to_json(tok),
+            # int32 halves the file; any vocabulary fits.
+            "ids": {name: t.to(torch.int32) for name, t in ids.items()},
+        })
+    return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash)
+
+
+def _load_cache(file: Path) -> dict | None:
+    """The cached entry, or None if absent or unusable (then it is simply rebuilt)."""
+    if not file.is_file():
+        return None
+    try:
+        entry = torch.load(file, weights_only=True, map_location="cpu")
+        ok = (
+            isinstance(entry, dict)
+            and entry.get("format") == _CACHE_FORMAT
+            and isinstance(entry.get("tokenizer_json"), str)
+            and all(isinstance(entry["ids"].get(s), torch.Tensor) and entry["ids"][s].dim() == 1 for s in SPLITS)
+        )
+        return entry if ok else None
+    except Exception:
+        return None
+
+
+def _save_cache(file: Path, entry: dict) -> None:
+    # Written to a temporary file and renamed, so concurrent runs never see half a file.
+    # A cache that cannot be written only costs time on the next run.
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(entry, f)
+        os.replace(tmp, file)
+    except OSError:
+        _remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------
+# Batches for truncated backpropagation through time
+#
+# batchify cuts the token stream into B contiguous streams, one per row. With the
+# alphabet as the corpus and B = 4 (the trailing "y z" does not fill a row: dropped):
+#
+#   ids = a b c d ... x y z   ->   data (B=4, N=6) =  ┌ a b c d e f ┐  stream 0
+#                                                     │ g h i j k l │  stream 1
+#                                                     │ m n o p q r │  stream 2
+#                                                     └ s t u v w x ┘  stream 3
+#
+# get_batch(data, i, seq_len=2) then reads a (B, T) window and its targets one step on:
+#
+#   i = 0:  x = ┌ a b ┐  y = ┌ b c ┐      i = 2:  x = ┌ c d ┐  y = ┌ d e ┐
+#               │ g h │      │ h i │                  │ i j │      │ j k │
+#               │ m n │      │ n o │                  │ o p │      │ p q │
+#               └ s t ┘      └ t u ┘                  └ u v ┘      └ v w ┘
+#
+# Row b of one batch continues exactly where row b of the previous batch ended, which is
+# why the model may carry its hidden state from batch to batch (detached, so gradients
+# stop at the batch boundary: truncated BPTT).
+
+
+def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(N_total,) ids -> (B, N): B contiguous streams; the remainder that does not fill a
+    row is dropped. Row b holds ids[b*N:(b+1)*N]."""
+    if batch_size < 1:
+        raise RnnlmError(f"batch_size must be at least 1, got {batch_size}")
+    n = ids.numel() // batch_size
+    return ids[: n * batch_size].reshape(batch_size, n)  # (B, N)
+
+
+def get_batch(data: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets at time offset ``i``: x = data[:, i:i+T],
+    y = data[:, i+1:i+1+T], both (B, T); T = seq_len, or less for the last batch."""
+    t = min(seq_len, data.size(1) - 1 - i)
+    x = data[:, i : i + t]  # (B, T)
+    y = data[:, i + 1 : i + 1 + t]  # (B, T)
+    return x, y
+
+
+def check_enough_tokens(n_tokens: int, batch_size: int, seq_len: int, split: str) -> None:
+    """Refuse a split too short to give even one (batch_size, seq_len) batch plus targets."""
+    need = batch_size * (seq_len + 1)
+    if n_tokens < need:
+        raise RnnlmError(
+            f"the {split} split has {n_tokens} tokens but batch_size {batch_size} x (seq_len {seq_len} + 1) "
+            f"needs at least {need}; lower the batch size or sequence length, or use a longer text"
+        )

@@ -1,0 +1,211 @@
+"""Tokenizers: text <-> token ids, built on Hugging Face ``tokenizers``.
+
+Three kinds, all trained on the train split only and all serialisable to one JSON string
+(saved as ``tokenizer.json`` in the run directory and inside every checkpoint):
+
+``bpe``  (the default) byte-level BPE, as in GPT-2. The text is first mapped to bytes, so
+         every string encodes, including characters never seen in training, and
+         ``decode(encode(x)) == x`` always holds. Lossless, so bits per character are
+         exact and comparable with ``char``. Use it unless you have a reason not to.
+``word`` word-level: words, punctuation marks and paragraph breaks are the tokens; the
+         ``vocab_size`` most frequent are kept and everything else becomes ``<unk>``.
+         The classic next-word setting (Penn Treebank, WikiText). Lossy: spacing is
+         re-made on decoding and unknown words come back as ``<unk>``, so its bits per
+         character are not comparable with the lossless kinds.
+``char`` one token per character (newline included); the vocabulary is the characters
+         of the training text plus ``<unk>``. Lossless for any text whose characters
+         were seen in training. The char-rnn setting: small vocabulary, long sequences.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from .errors import RnnlmError
+
+KINDS = ("bpe", "word", "char")
+UNK = "<unk>"
+
+# Word-level tokens: paragraph breaks, clitics ("’s", "’t" glue back onto their word when
+# decoding), words, and single punctuation marks. Single newlines (line wrapping in the
+# source file) and spaces are not tokens: they carry no meaning in prose.
+_WORD_PATTERN = r"\n\n|['’]\w+|\w+|[^\w\s]"
+_PARAGRAPH = "\n\n"
+# On decoding, word tokens are joined with spaces; these marks take no space before
+# (closing) or after (opening) them.
+_NO_SPACE_BEFORE = [".", ",", ";", ":", "!", "?", ")", "]", "}", "”", "’", "'", "%", "—", "-"]
+_NO_SPACE_AFTER = ["(", "[", "{", "“", "‘", "—", "-"]
+
+# Encoding is batched over chunks of about this many characters (see _chunks).
+_CHUNK_CHARS = 16_384
+
+
+def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:
+    """Train a tokenizer of the given kind (``bpe``, ``word`` or ``char``) on ``text``.
+
+    ``vocab_size`` is the target vocabulary for ``bpe`` (at least the 256 bytes) and
+    ``word`` (``<unk>`` included); ``char`` takes every character of ``text`` and
+    ignores it. Pass the train split only, so that validation and test stay unseen.
+    """
+    if kind not in KINDS:
+        raise RnnlmError(f"unknown tokenizer kind {kind!r}; use one of: {', '.join(KINDS)}")
+    if not isinstance(vocab_size, int) or vocab_size < 1:
+        raise RnnlmError(f"tokenizer vocab_size must be a positive integer, got {vocab_size!r}")
+    if kind == "bpe":
+        return _train_bpe(text, vocab_size)
+    if kind == "word":
+        return _train_word(text, vocab_size)
+    return _train_char(text)
+
+
+def _train_bpe(text: str, vocab_size: int) -> Tokenizer:
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet):
+        raise RnnlmError(
+            f"bpe vocab_size {vocab_size} is smaller than the {len(alphabet)} bytes it must "
+            f"hold; set tokenizer.vocab_size to at least {len(alphabet)}"
+        )
+    tok = Tokenizer(models.BPE())
+    # add_prefix_space=False keeps the text exactly as written: nothing is inserted, so
+    # decoding gives back the original string byte for byte.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=[], show_progress=False
+    )
+    tok.train_from_iterator(_chunks(text), trainer=trainer, length=None)
+    return tok
+
+
+def _train_word(text: str, vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.normalizer = _word_normalizer()
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="removed", invert=True)
+    tok.decoder = _word_decoder()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=1, special_tokens=[UNK], show_progress=False
+    )
+    tok.train_from_iterator(_chunks(text), trainer=trainer)
+    return tok
+
+
+def _word_normalizer():
+    # Any run of whitespace holding a blank line is one paragraph break.
+    return normalizers.Replace(Regex(r"\s*\n[^\S\n]*\n\s*"), _PARAGRAPH)
+
+
+def _word_decoder():
+    # WordPiece (with a prefix that never occurs) joins the tokens with spaces; Fuse makes
+    # one string of them, so the Replace steps below can see across token boundaries.
+    steps = [decoders.WordPiece(prefix="\x00##", cleanup=False), decoders.Fuse()]
+    steps.append(decoders.Replace(Regex(r" ?\n\n ?"), _PARAGRAPH))
+    steps += [decoders.Replace(" " + mark, mark) for mark in _NO_SPACE_BEFORE]
+    steps += [decoders.Replace(mark + " ", mark) for mark in _NO_SPACE_AFTER]
+    return decoders.Sequence(steps)
+
+
+def _train_char(text: str) -> Tokenizer:
+    # The vocabulary is known exactly (sorted, so it does not depend on hashing order);
+    # WordLevel over single-character pieces gives one token per character.
+    chars = sorted(set(text) - {UNK})
+    vocab = {UNK: 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+def _chunks(text: str, size: int = _CHUNK_CHARS) -> list[str]:
+    """Cut ``text`` into pieces of about ``size`` characters for batched encoding.
+
+    Cuts go only right after a newline with non-space characters on both sides (an
+    ordinary line break inside prose). Every kind tokenizes such a newline the same way
+    alone as in context (byte-level BPE makes it a piece of its own; word drops it as
+    whitespace; char is per character), so encoding the pieces and concatenating gives
+    exactly the ids of encoding the whole text. A text without such a newline is one piece.
+    """
+    pieces, start, n = [], 0, len(text)
+    while n - start > size:
+        cut = _safe_cut(text, start + size)
+        if cut is None:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _safe_cut(text: str, pos: int) -> int | None:
+    """Index just after the first newline at or after ``pos`` with non-space on both sides."""
+    while True:
+        i = text.find("\n", pos)
+        if i == -1 or i + 1 >= len(text):
+            return None
+        if i > 0 and _plain(text[i - 1]) and _plain(text[i + 1]):
+            return i + 1
+        pos = i + 1
+
+
+def _plain(c: str) -> bool:
+    # Printable and not a space by every definition (Python's and the regex engine's).
+    return c.isprintable() and not c.isspace()
+
+
+def encode(tok: Tokenizer, text: str) -> list[int]:
+    """Token ids of ``text``; long texts are encoded in parallel chunks (same result)."""
+    if not text:
+        return []
+    ids: list[int] = []
+    for enc in tok.encode_batch_fast(_chunks(text), add_special_tokens=False):
+        ids.extend(enc.ids)
+    return ids
+
+
+def decode(tok: Tokenizer, ids) -> str:
+    """Text of a sequence of token ids (``<unk>`` is kept, shown as ``<unk>``)."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return tok.decode(list(ids), skip_special_tokens=False)
+
+
+def to_json(tok: Tokenizer) -> str:
+    """The tokenizer as one JSON string (what ``tokenizer.json`` and checkpoints hold)."""
+    return tok.to_str()
+
+
+def from_json(s: str) -> Tokenizer:
+    """Rebuild a tokenizer from :func:`to_json`'s string; a corrupt string is an RnnlmError."""
+    if not isinstance(s, str):
+        raise RnnlmError(f"tokenizer JSON must be a string, got {type(s).__name__}; re-create the run or checkpoint")
+    try:
+        return Tokenizer.from_str(s)
+    except Exception as e:  # the Rust side raises a plain Exception
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RnnlmError(
+            f"tokenizer JSON is corrupt ({first}); re-create it by training again or use an intact checkpoint"
+        ) from None
+
+
+def unk_id(tok: Tokenizer) -> int | None:
+    """Id of the unknown token, or None when every text encodes (byte-level BPE)."""
+    unk = getattr(tok.model, "unk_token", None)
+    return None if unk is None else tok.token_to_id(unk)
+
+
+def tokenizer_kind(tok: Tokenizer) -> str:
+    """Which of ``bpe`` / ``word`` / ``char`` built this tokenizer (read from its JSON)."""
+    spec = json.loads(tok.to_str())
+    model = (spec.get("model") or {}).get("type")
+    if model == "BPE":
+        return "bpe"
+    pre = spec.get("pre_tokenizer") or {}
+    if model == "WordLevel" and pre.get("type") == "Split" and pre.get("behavior") == "Isolated":
+        return "char"
+    return "word"
+
+
+def is_lossless(tok: Tokenizer) -> bool:
+    """True for ``bpe`` and ``char``: decoding gives back the text (so bpc is exact)."""
+    return tokenizer_kind(tok) in ("bpe", "char")
