@@ -99,11 +99,11 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.cell in CELL_KINDS, "model.cell",
                f"must be one of {', '.join(CELL_KINDS)}, got {self.cell!r}")
+        for name in ("hidden_size", "num_layers", "embedding_size"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"model.{name}", f"must be positive, got {value}")
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
-        for name in ("embedding_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            _check(value > 0, f"model.{name}", f"must be positive, got {value}")
         for name in ("dropout", "embed_dropout", "weight_drop"):
             value = getattr(self, name)
             _check(0.0 <= value < 1.0, f"model.{name}", f"must be in [0, 1), got {value}")
@@ -261,6 +261,12 @@ def _coerce(value: Any, tp, key: str) -> Any:
         return _coerce(value, args[0], key)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML reads 3e-3 (no dot) as a string; take it as the number it is meant to be.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):
