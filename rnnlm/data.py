@@ -322,5 +322,5 @@ def check_enough_tokens(n_tokens: int, batch_size: int, seq_len: int, split: str
     if n_tokens < need:
         raise RnnlmError(
             f"the {split} split has {n_tokens} tokens but batch_size {batch_size} x (seq_len {seq_len} + 1) "
-            f"needs at least {need}; lower the batch size or sequence length, or use a longer text"
+            f"needs at least {need}; lower train.batch_size or train.seq_len, or use a longer text"
         )

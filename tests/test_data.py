@@ -1,0 +1,294 @@
+"""Data: download, reading errors, cleaning, the exact split, the id cache, batches."""
+
+import functools
+import http.server
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlm import data
+from rnnlm import tokenizer as T
+from rnnlm.errors import RnnlmError
+
+WAR_AND_PEACE = Path(__file__).parents[1].parent / "shared/data/war_and_peace.txt"
+
+PROSE = "".join(
+    f"Line {i} of the story, where Pierre and Natásha talk about the war.\n" + ("\n" if i % 5 == 4 else "")
+    for i in range(400)
+)
+
+
+def one_line_error(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+# --- cleaning and splitting -------------------------------------------------------------
+
+
+@pytest.mark.skipif(not WAR_AND_PEACE.is_file(), reason=f"{WAR_AND_PEACE} not present")
+def test_war_and_peace_split_reproduces_the_design_counts():
+    splits = data.split_text(data.clean_text(data.read_text(WAR_AND_PEACE)))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2_561_316, "valid": 320_185, "test": 320_133}
+    assert splits["train"].endswith("\n") and splits["valid"].endswith("\n") and splits["test"].endswith("\n")
+    assert not splits["test"].endswith("\n\n") and "*** END OF" not in splits["test"]
+
+
+def test_clean_removes_gutenberg_header_and_footer():
+    raw = (
+        "\ufeffThe Project Gutenberg eBook of Something\r\n\r\nlicense blah\r\n"
+        "*** START OF THE PROJECT GUTENBERG EBOOK SOMETHING ***\r\n\r\n\r\n"
+        "CHAPTER I\r\n\r\nThe story.\r\n\r\n\r\n"
+        "*** END OF THE PROJECT GUTENBERG EBOOK SOMETHING ***\r\nmore license\r\n"
+    )
+    assert data.clean_text(raw) == "CHAPTER I\n\nThe story.\n"
+
+
+def test_clean_without_markers_only_normalises_newlines():
+    assert data.clean_text("\n\nplain\r\ntext\n\n\n") == "plain\ntext\n"
+    assert data.clean_text("no final newline") == "no final newline\n"
+    assert data.clean_text("\n\n") == ""
+
+
+def test_split_cuts_after_the_first_newline_at_or_after_80_and_90_percent():
+    text = "".join(f"{i:04d}\n" for i in range(100))  # 500 characters, 5 per line
+    splits = data.split_text(text)
+    # 80% is index 400, the "0" of line 80: the next newline (404) ends train; 90% -> 454.
+    assert [len(splits[s]) for s in data.SPLITS] == [405, 50, 45]
+    assert "".join(splits.values()) == text
+    text = "x" * 13 + "\n" + "y" * 6 + "\n"  # 80% = 16 -> newline at 20 is the last one
+    splits = data.split_text(text)
+    assert all(splits.values()) and "".join(splits.values()) == text
+
+
+def test_split_falls_back_to_a_character_cut_for_one_line():
+    text = data.clean_text("abcdefghij")
+    splits = data.split_text(text)
+    assert [len(splits[s]) for s in data.SPLITS] == [9, 1, 1]
+    assert data.split_text("ab\n") == {"train": "a", "valid": "b", "test": "\n"}
+
+
+def test_split_refuses_a_text_too_short_for_three_splits():
+    with pytest.raises(RnnlmError, match="too few") as e:
+        data.split_text("a\n")
+    one_line_error(e)
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def test_read_text_errors_are_one_clear_line(tmp_path):
+    with pytest.raises(RnnlmError, match="does not exist.*data.path.*data.url") as e:
+        data.read_text(tmp_path / "missing.txt")
+    one_line_error(e)
+    with pytest.raises(RnnlmError, match="is a directory") as e:
+        data.read_text(tmp_path)
+    one_line_error(e)
+
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"PK\x03\x04\x00\x00\x01\x02" * 10)
+    with pytest.raises(RnnlmError, match="binary") as e:
+        data.read_text(binary)
+    one_line_error(e)
+
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("first line\nNapoléon\n".encode("latin-1"))
+    with pytest.raises(RnnlmError) as e:
+        data.read_text(latin)
+    msg = one_line_error(e)
+    assert "offset 16" in msg and "line 2" in msg and "data.encoding" in msg and "data.errors=replace" in msg
+    assert data.read_text(latin, encoding="latin-1") == "first line\nNapoléon\n"
+    assert data.read_text(latin, errors="replace") == "first line\nNapol\ufffdon\n"
+
+    for content in [b"", b"  \n\r\n\t "]:
+        empty = tmp_path / "empty.txt"
+        empty.write_bytes(content)
+        with pytest.raises(RnnlmError, match="empty") as e:
+            data.read_text(empty)
+        one_line_error(e)
+
+    with pytest.raises(RnnlmError, match="data.encoding") as e:
+        data.read_text(latin, encoding="no-such-codec")
+    one_line_error(e)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+def test_read_text_unreadable_file(tmp_path):
+    locked = tmp_path / "locked.txt"
+    locked.write_text("secret\n")
+    locked.chmod(0)
+    try:
+        with pytest.raises(RnnlmError, match="cannot read") as e:
+            data.read_text(locked)
+        one_line_error(e)
+    finally:
+        locked.chmod(0o600)
+
+
+def test_read_text_drops_a_byte_order_mark(tmp_path):
+    f = tmp_path / "bom.txt"
+    f.write_bytes("\ufeffhello\n".encode("utf-8"))
+    assert data.read_text(f) == "hello\n"
+
+
+# --- download ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server (127.0.0.1, ephemeral port) serving tmp_path/'www'."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_from_a_local_server(http_root, tmp_path):
+    root, base = http_root
+    body = ("War and Peace, in short.\r\n" * 5000).encode("utf-8")
+    (root / "pg2600.txt").write_bytes(body)
+    target = tmp_path / "data" / "book.txt"
+    assert data.download(f"{base}/pg2600.txt", target, progress=False) == target
+    assert target.read_bytes() == body
+    assert [p.name for p in target.parent.iterdir()] == ["book.txt"]  # no temp file left
+
+
+def test_load_corpus_downloads_a_missing_file(http_root, tmp_path):
+    root, base = http_root
+    (root / "book.txt").write_text(PROSE, encoding="utf-8")
+    target = tmp_path / "data" / "book.txt"
+    corpus = data.load_corpus(target, url=f"{base}/book.txt", tokenizer_kind="char", cache_dir=None, progress=False)
+    assert target.read_text(encoding="utf-8") == PROSE
+    assert sum(corpus.chars.values()) == len(data.clean_text(PROSE))
+
+
+def test_download_failure_names_the_url_and_the_manual_fix(http_root, tmp_path):
+    _, base = http_root
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/pg2600.txt"
+    target = tmp_path / "data" / "book.txt"
+    for url in [dead, f"{base}/no-such-file.txt"]:
+        with pytest.raises(RnnlmError) as e:
+            data.download(url, target, progress=False)
+        msg = one_line_error(e)
+        assert url in msg and str(target) in msg and "by hand" in msg
+    assert list(target.parent.iterdir()) == []  # no partial file
+
+
+# --- corpus and cache -------------------------------------------------------------------
+
+
+def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
+    path = tmp_path / "story.txt"
+    path.write_text(PROSE, encoding="utf-8")
+    cache = tmp_path / "cache"
+    first = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.pt"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the tokenizer was trained again instead of read from the cache")
+
+    monkeypatch.setattr(T, "train_tokenizer", no_training)
+    monkeypatch.setattr(T, "encode", no_training)
+    second = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
+    for split in data.SPLITS:
+        assert torch.equal(first.ids[split], second.ids[split])
+        assert second.ids[split].dtype == torch.long and second.ids[split].dim() == 1
+    assert T.to_json(second.tokenizer) == T.to_json(first.tokenizer)
+    assert second.chars == first.chars and second.text_hash == first.text_hash
+
+
+def test_corpus_splits_decode_to_the_split_text(tmp_path):
+    path = tmp_path / "story.txt"
+    path.write_text(PROSE, encoding="utf-8")
+    corpus = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=None, progress=False)
+    splits = data.split_text(data.clean_text(PROSE))
+    for split in data.SPLITS:
+        assert T.decode(corpus.tokenizer, corpus.ids[split]) == splits[split]
+        assert corpus.chars[split] == len(splits[split])
+
+
+def test_cache_key_depends_on_tokenizer_settings_and_given_tokenizer(tmp_path):
+    path = tmp_path / "story.txt"
+    path.write_text(PROSE, encoding="utf-8")
+    cache = tmp_path / "cache"
+    bpe = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
+    char = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    assert char.tokenizer.get_vocab_size() < 300 and len(list(cache.glob("*.pt"))) == 2
+    # A given tokenizer (resume / evaluate) is used as is, not retrained.
+    given = data.load_corpus(path, tokenizer_kind="char", tokenizer_json=T.to_json(bpe.tokenizer),
+                             cache_dir=cache, progress=False)
+    assert T.to_json(given.tokenizer) == T.to_json(bpe.tokenizer)
+    assert torch.equal(given.ids["valid"], bpe.ids["valid"])
+
+
+def test_a_corrupt_cache_file_is_rebuilt(tmp_path):
+    path = tmp_path / "story.txt"
+    path.write_text(PROSE, encoding="utf-8")
+    cache = tmp_path / "cache"
+    first = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    (entry,) = cache.glob("*.pt")
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated
+    again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    assert torch.equal(again.ids["train"], first.ids["train"])
+    assert data._load_cache(entry) is not None  # rewritten whole
+
+
+def test_load_corpus_reports_a_missing_file_and_empty_content(tmp_path):
+    with pytest.raises(RnnlmError, match="does not exist") as e:
+        data.load_corpus(tmp_path / "nope.txt", cache_dir=None, progress=False)
+    one_line_error(e)
+    only_license = tmp_path / "license.txt"
+    only_license.write_text("*** START OF THE BOOK ***\n\n*** END OF THE BOOK ***\nlicense\n")
+    with pytest.raises(RnnlmError, match="no text left") as e:
+        data.load_corpus(only_license, cache_dir=None, progress=False)
+    one_line_error(e)
+
+
+# --- batches ----------------------------------------------------------------------------
+
+
+def test_batchify_lays_out_contiguous_streams():
+    ids = torch.arange(26)
+    batched = data.batchify(ids, 4)
+    assert batched.shape == (4, 6) and batched.dtype == ids.dtype
+    for b in range(4):
+        assert torch.equal(batched[b], ids[b * 6 : (b + 1) * 6])
+
+
+def test_get_batch_targets_are_inputs_shifted_by_one():
+    batched = data.batchify(torch.arange(100), 4)  # (4, 25)
+    x, y = data.get_batch(batched, 0, 10)
+    assert x.shape == y.shape == (4, 10)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], batched[:, 10])
+    x, y = data.get_batch(batched, 20, 10)  # the last batch is shorter
+    assert x.shape == y.shape == (4, 4)
+    assert torch.equal(x, batched[:, 20:24]) and torch.equal(y, batched[:, 21:25])
+    # Walking i = 0, T, 2T, ... predicts every id after the first of each stream exactly once.
+    targets = [data.get_batch(batched, i, 7)[1] for i in range(0, 24, 7)]
+    assert torch.equal(torch.cat(targets, dim=1), batched[:, 1:])
+
+
+def test_too_short_corpus_says_how_many_tokens_are_needed():
+    data.check_enough_tokens(33 * 4, 4, 32, "train")  # exactly enough
+    with pytest.raises(RnnlmError) as e:
+        data.check_enough_tokens(100, 4, 32, "valid")
+    msg = one_line_error(e)
+    assert "valid" in msg and "100" in msg and "132" in msg and "train.batch_size" in msg and "train.seq_len" in msg
