@@ -1,0 +1,345 @@
+"""The fast path of ``RecurrentLayer``: whole sequences, forward and backward by hand.
+
+Same equations as the cells in ``rnnlm.cells`` (read those first), organised for speed:
+
+* The input projection of all T steps is one large matmul before the time loop, with
+  the biases folded in. The loop only does ``h @ W_hh^T`` (``addmm`` into preallocated
+  buffers) and the gate arithmetic, in place, saving the gate activations.
+* The backward pass through time is written out in a ``torch.autograd.Function`` (as
+  cuDNN does): walk back over t collecting the gradients wrt the gate pre-activations
+  into a (T, B, G*H) buffer; the loop's only matmul carries dL/dh back through W_hh.
+  Then each weight gradient is ONE matmul over all steps, dx one more, the biases a sum.
+* Without autograd (eval, generation) the same forward runs and nothing is kept.
+
+Notation as in the cells: gates i, f, g, o (lstm) and r, z, n (gru); ``*_pre`` is a
+gradient wrt a gate's pre-activation; dX means dL/dX. Every op is a plain torch op, so
+this runs on CUDA too; the only device-specific choice is the weight layout
+(`_transposed`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def _transposed(w: Tensor) -> Tensor:
+    """W^T laid out for ``h @ W^T``.
+
+    On CPU, MKL multiplies (B, H) @ (H, G*H) two to three times faster from a row-major
+    copy of W^T than from the transposed view of W (measured at H = 512); the copy costs
+    about one step's matmul per forward call. cuBLAS takes the view as it is.
+    """
+    return w.t() if w.is_cuda else w.t().contiguous()
+
+
+def _flat(t: Tensor) -> Tensor:
+    """(T, B, N) -> (T*B, N): all time steps as one batch of rows, for one matmul."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def _grad_weight_hh(dgates: Tensor, h0: Tensor, y: Tensor) -> Tensor:
+    """dW_hh = sum_t dgates_t^T @ h_{t-1} as one matmul over steps 1..T-1, plus step 0.
+
+    h_{t-1} is y_{t-1} for t >= 1 and h0 for t = 0; this avoids concatenating them.
+    """
+    return torch.addmm(dgates[0].t() @ h0, _flat(dgates[1:]).t(), _flat(y[:-1]))
+
+
+# ---------------------------------------------------------------------------- rnn
+
+
+def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+    """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Returns y, h_T, saved."""
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    xw = torch.addmm(b_ih + b_hh, _flat(x), _transposed(w_ih)).view(T, B, H)  # (T, B, H)
+    w_hh_t = _transposed(w_hh)  # (H, H)
+    y = x.new_empty(T, B, H)  # h_1 .. h_T
+    XW, Y = xw.unbind(0), y.unbind(0)
+    h = h0
+    for t in range(T):
+        h = torch.addmm(XW[t], h, w_hh_t, out=Y[t]).tanh_()
+    return y, y[-1].clone(), ()
+
+
+class _RNN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+        y, h_T, _ = rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, y)
+        return y, h_T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_T):
+        x, h0, w_ih, w_hh, y = ctx.saved_tensors
+        T = y.shape[0]
+        dgates = torch.empty_like(y)  # (T, B, H) gradient wrt the pre-activation
+        dh = torch.empty_like(h0)  # (B, H)
+        u = torch.empty_like(h0)
+        DY, Y, DG = dy.unbind(0), y.unbind(0), dgates.unbind(0)
+        for t in reversed(range(T)):
+            # dh_t = dy_t + dgates_{t+1} @ W_hh  (the path through step t+1)
+            if t == T - 1:
+                torch.add(DY[t], dh_T, out=dh)
+            else:
+                torch.addmm(DY[t], DG[t + 1], w_hh, out=dh)
+            # dgates_t = dh_t * (1 - h_t^2)  (tanh')
+            torch.mul(dh, Y[t], out=u)
+            torch.addcmul(dh, u, Y[t], value=-1, out=DG[t])
+        dx, dh0, dw_ih, dw_hh, db = _grads_from_gates(ctx, dgates, x, h0, y, w_ih, w_hh)
+        return dx, dh0, dw_ih, dw_hh, db, db
+
+
+def _grads_from_gates(ctx, dgates, x, h0, y, w_ih, w_hh):
+    """dx, dh0, dW_ih, dW_hh, db from the gate gradients (rnn, lstm): one matmul each."""
+    need = ctx.needs_input_grad
+    T, B, _ = x.shape
+    dx = (_flat(dgates) @ w_ih).view(T, B, -1) if need[0] else None  # (T, B, I)
+    dh0 = dgates[0] @ w_hh if need[1] else None  # (B, H)
+    dw_ih = _flat(dgates).t() @ _flat(x)  # (G*H, I)
+    dw_hh = _grad_weight_hh(dgates, h0, y)  # (G*H, H)
+    db = dgates.sum((0, 1))  # (G*H,) the same for b_ih and b_hh
+    return dx, dh0, dw_ih, dw_hh, db
+
+
+# --------------------------------------------------------------------------- lstm
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """The LSTM cell over all T steps. Returns y, h_T, c_T, saved."""
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    # x-part of every step's gates, both biases folded in; the loop adds h @ W_hh^T in
+    # place and then overwrites the pre-activations with the activations i, f, g, o.
+    gates = torch.addmm(b_ih + b_hh, _flat(x), _transposed(w_ih)).view(T, B, 4 * H)  # (T, B, 4H)
+    w_hh_t = _transposed(w_hh)  # (H, 4H)
+    y = x.new_empty(T, B, H)  # h_1 .. h_T
+    cs = x.new_empty(T + 1, B, H)  # c_0 .. c_T
+    cs[0] = c0
+    tanh_cs = x.new_empty(T, B, H)  # tanh(c_1) .. tanh(c_T)
+    # Per-step views, made once: indexing inside the loop costs more than the views.
+    GATES, Y, C, TC = gates.unbind(0), y.unbind(0), cs.unbind(0), tanh_cs.unbind(0)
+    IF = gates[..., : 2 * H].unbind(0)  # i and f are adjacent: one sigmoid for both
+    I_, F_, G_, O_ = (gates[..., k * H : (k + 1) * H].unbind(0) for k in range(4))
+    h = h0
+    for t in range(T):
+        GATES[t].addmm_(h, w_hh_t)  # (B, 4H) pre-activations
+        IF[t].sigmoid_()
+        G_[t].tanh_()
+        O_[t].sigmoid_()
+        torch.mul(F_[t], C[t], out=C[t + 1])  # c' = f * c + i * g
+        C[t + 1].addcmul_(I_[t], G_[t])
+        torch.tanh(C[t + 1], out=TC[t])
+        h = torch.mul(O_[t], TC[t], out=Y[t])  # h' = o * tanh(c')
+    return y, y[-1].clone(), cs[-1].clone(), (gates, cs, tanh_cs)
+
+
+class _LSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        y, h_T, c_T, (gates, cs, tanh_cs) = lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, y, gates, cs, tanh_cs)
+        return y, h_T, c_T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_T, dc_T):
+        x, h0, w_ih, w_hh, y, gates, cs, tanh_cs = ctx.saved_tensors
+        T, B, H = y.shape
+        dgates = torch.empty_like(gates)  # (T, B, 4H) gradients wrt the pre-activations
+        dh = torch.empty_like(h0)  # (B, H) dL/dh_t
+        dc = torch.empty_like(h0).copy_(dc_T)  # (B, H) dL/dc_t, carried back through f
+        u = torch.empty_like(h0)
+        s = h0.new_empty(B, 2 * H)
+        DY, DG, C, TC = dy.unbind(0), dgates.unbind(0), cs.unbind(0), tanh_cs.unbind(0)
+        IF, dIF = gates[..., : 2 * H].unbind(0), dgates[..., : 2 * H].unbind(0)
+        I_, F_, G_, O_ = (gates[..., k * H : (k + 1) * H].unbind(0) for k in range(4))
+        dI, dF, dG, dO = (dgates[..., k * H : (k + 1) * H].unbind(0) for k in range(4))
+        for t in reversed(range(T)):
+            i, f, g, o, tc = I_[t], F_[t], G_[t], O_[t], TC[t]
+            # dh_t = dy_t + dgates_{t+1} @ W_hh  (the path through step t+1)
+            if t == T - 1:
+                torch.add(DY[t], dh_T, out=dh)
+            else:
+                torch.addmm(DY[t], DG[t + 1], w_hh, out=dh)
+            # h_t = o * tanh(c_t):  dc_t += dh * o * (1 - tanh(c_t)^2),
+            #                       do_pre = dh * tanh(c_t) * o * (1 - o)
+            torch.mul(dh, o, out=u)
+            dc.add_(u)
+            u.mul_(tc)
+            dc.addcmul_(u, tc, value=-1)
+            torch.addcmul(u, u, o, value=-1, out=dO[t])
+            # c_t = f * c_{t-1} + i * g:  di = dc * g, df = dc * c_{t-1}, dg = dc * i
+            torch.mul(dc, g, out=dI[t])
+            torch.mul(dc, C[t], out=dF[t])
+            torch.addcmul(IF[t], IF[t], IF[t], value=-1, out=s)  # sigmoid' = s (1 - s)
+            dIF[t].mul_(s)
+            torch.mul(dc, i, out=dG[t])
+            torch.mul(dG[t], g, out=u)
+            dG[t].addcmul_(u, g, value=-1)  # tanh' = 1 - g^2
+            dc.mul_(f)  # dL/dc_{t-1} through c_t = f * c_{t-1} + ...
+        dx, dh0, dw_ih, dw_hh, db = _grads_from_gates(ctx, dgates, x, h0, y, w_ih, w_hh)
+        return dx, dh0, dc, dw_ih, dw_hh, db, db
+
+
+# ---------------------------------------------------------------------------- gru
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh):
+    """The GRU cell over all T steps. Returns y, h_T, saved."""
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    # x-part [W_ir x + b_ir, W_iz x + b_iz, W_in x + b_in] of every step; the loop turns
+    # it into the activations [r, z, n] in place.
+    gi = torch.addmm(b_ih, _flat(x), _transposed(w_ih)).view(T, B, 3 * H)  # (T, B, 3H)
+    # h-part [W_hr h + b_hr, W_hz h + b_hz, W_hn h + b_hn], kept because the backward
+    # needs W_hn h + b_hn (the reset gate multiplies it).
+    gh = x.new_empty(T, B, 3 * H)  # (T, B, 3H)
+    h_minus_n = x.new_empty(T, B, H)  # h_{t-1} - n_t, for dz
+    w_hh_t = _transposed(w_hh)  # (H, 3H)
+    y = x.new_empty(T, B, H)  # h_1 .. h_T
+    GH, Y, HN = gh.unbind(0), y.unbind(0), h_minus_n.unbind(0)
+    RZ, GH_RZ = gi[..., : 2 * H].unbind(0), gh[..., : 2 * H].unbind(0)
+    R, Z, N = (gi[..., k * H : (k + 1) * H].unbind(0) for k in range(3))
+    GH_N = gh[..., 2 * H :].unbind(0)
+    h = h0
+    for t in range(T):
+        torch.addmm(b_hh, h, w_hh_t, out=GH[t])  # (B, 3H)
+        RZ[t].add_(GH_RZ[t]).sigmoid_()  # r, z
+        N[t].addcmul_(R[t], GH_N[t]).tanh_()  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        torch.sub(h, N[t], out=HN[t])
+        h = torch.addcmul(N[t], Z[t], HN[t], out=Y[t])  # h' = n + z * (h - n)
+    return y, y[-1].clone(), (gi, gh, h_minus_n)
+
+
+class _GRU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+        y, h_T, (gi, gh, h_minus_n) = gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, y, gi, gh, h_minus_n)
+        return y, h_T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_T):
+        x, h0, w_ih, w_hh, y, gi, gh, h_minus_n = ctx.saved_tensors
+        T, B, H = y.shape
+        # (T, B, 4H) laid out [dr_pre, dz_pre, dhn, dn_pre], where dhn is the gradient wrt
+        # W_hn h + b_hn: the first 3H columns are what flows into W_hh, so the loop's
+        # matmul reads one slice; the x side reads columns [0, 2H) and [3H, 4H).
+        dall = x.new_empty(T, B, 4 * H)
+        dgh = dall[..., : 3 * H]
+        dh = torch.empty_like(h0)  # (B, H) dL/dh_t
+        carry = torch.empty_like(h0)  # (B, H) the part of dL/dh_{t-1} that skips W_hh: dh_t * z_t
+        u = torch.empty_like(h0)
+        s = h0.new_empty(B, 2 * H)
+        DY, DGH, HN = dy.unbind(0), dgh.unbind(0), h_minus_n.unbind(0)
+        RZ, dRZ = gi[..., : 2 * H].unbind(0), dall[..., : 2 * H].unbind(0)
+        R, Z, N = (gi[..., k * H : (k + 1) * H].unbind(0) for k in range(3))
+        dR, dZ, dHN, dN = (dall[..., k * H : (k + 1) * H].unbind(0) for k in range(4))
+        GH_N = gh[..., 2 * H :].unbind(0)
+        for t in reversed(range(T)):
+            r, z, n = R[t], Z[t], N[t]
+            # dh_t = dy_t + z_{t+1} * dh_{t+1} + dgh_{t+1} @ W_hh
+            if t == T - 1:
+                torch.add(DY[t], dh_T, out=dh)
+            else:
+                carry.add_(DY[t])
+                torch.addmm(carry, DGH[t + 1], w_hh, out=dh)
+            # h_t = n + z * (h_{t-1} - n)
+            torch.mul(dh, z, out=carry)
+            torch.sub(dh, carry, out=dN[t])  # dn = dh * (1 - z)
+            torch.mul(dN[t], n, out=u)
+            dN[t].addcmul_(u, n, value=-1)  # dn_pre = dn * (1 - n^2)
+            torch.mul(dh, HN[t], out=dZ[t])  # dz = dh * (h_{t-1} - n)
+            # n = tanh(W_in x + b_in + r * hn), hn = W_hn h + b_hn
+            torch.mul(dN[t], GH_N[t], out=dR[t])  # dr = dn_pre * hn
+            torch.mul(dN[t], r, out=dHN[t])  # dhn = dn_pre * r
+            torch.addcmul(RZ[t], RZ[t], RZ[t], value=-1, out=s)  # sigmoid' = s (1 - s)
+            dRZ[t].mul_(s)
+        need = ctx.needs_input_grad
+        d_rz, d_n = _flat(dall[..., : 2 * H]), _flat(dall[..., 3 * H :])  # x-side gate grads
+        xf = _flat(x)
+        dx = None
+        if need[0]:
+            dx = torch.addmm(d_rz @ w_ih[: 2 * H], d_n, w_ih[2 * H :]).view(T, B, -1)  # (T, B, I)
+        dh0 = torch.addmm(carry, DGH[0], w_hh) if need[1] else None  # (B, H)
+        dw_ih = torch.cat([d_rz.t() @ xf, d_n.t() @ xf])  # (3H, I)
+        dw_hh = _grad_weight_hh(dgh, h0, y)  # (3H, H)
+        dsum = dall.sum((0, 1))  # (4H,)
+        db_ih = torch.cat([dsum[: 2 * H], dsum[3 * H :]])
+        db_hh = dsum[: 3 * H]
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ------------------------------------------------------------------------ dispatch
+
+_FUNCTIONS = {"rnn": _RNN, "gru": _GRU, "lstm": _LSTM}
+_FORWARDS = {"rnn": rnn_forward, "gru": gru_forward, "lstm": lstm_forward}
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for this device, or None."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+    if device_type == "cuda" and torch.is_autocast_enabled():
+        return torch.get_autocast_gpu_dtype()
+    return None
+
+
+def run(cell: str, x: Tensor, state: tuple, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor, tuple]:
+    """Run ``cell`` ("rnn" | "gru" | "lstm") over x (T, B, I) from ``state``.
+
+    Returns (y (T, B, H), new_state). Biases are required. Uses the hand-written
+    backward when autograd needs one, else just the forward (nothing saved).
+    """
+    inputs = (x, *state, w_ih, w_hh, b_ih, b_hh)
+    autocast = _autocast_dtype(x.device.type)
+    if autocast is not None:
+        # Autocast does not reach inside a Function: cast here, as it would for a matmul.
+        inputs = tuple(t.to(autocast) for t in inputs)
+        with torch.autocast(x.device.type, enabled=False):
+            return run(cell, *inputs[:1], tuple(inputs[1:-4]), *inputs[-4:])
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        y, *new_state = _FUNCTIONS[cell].apply(*inputs)
+    else:
+        y, *new_state, _saved = _FORWARDS[cell](*inputs)
+    return y, tuple(new_state)
+
+
+# ---------------------------------------------------------------- one step (generation)
+
+
+def step_weights(cell: str, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(W_ih^T, W_hh^T, x-side bias, h-side bias) in the layout `step` uses."""
+    if cell == "gru":  # b_hn sits inside r * (W_hn h + b_hn): the biases stay apart
+        return _transposed(w_ih), _transposed(w_hh), b_ih.clone(), b_hh.clone()
+    return _transposed(w_ih), _transposed(w_hh), b_ih + b_hh, None
+
+
+def step(cell: str, x: Tensor, state: tuple, w_ih_t, w_hh_t, b_x, b_h) -> tuple:
+    """One step of ``cell`` without autograd, from `step_weights`; returns the new state."""
+    h = state[0]
+    if cell == "rnn":
+        return (torch.addmm(b_x, x, w_ih_t).addmm_(h, w_hh_t).tanh_(),)
+    if cell == "lstm":
+        c = state[1]
+        H = h.shape[1]
+        gates = torch.addmm(b_x, x, w_ih_t).addmm_(h, w_hh_t)  # (B, 4H)
+        gates[:, : 2 * H].sigmoid_()
+        gates[:, 3 * H :].sigmoid_()
+        i, f, g, o = gates.chunk(4, dim=1)
+        g.tanh_()
+        c_new = torch.mul(f, c).addcmul_(i, g)
+        return (torch.tanh(c_new).mul_(o), c_new)
+    H = h.shape[1]
+    gi = torch.addmm(b_x, x, w_ih_t)  # (B, 3H)
+    gh = torch.addmm(b_h, h, w_hh_t)  # (B, 3H)
+    r, z = gi[:, : 2 * H].add_(gh[:, : 2 * H]).sigmoid_().chunk(2, dim=1)
+    n = gi[:, 2 * H :].addcmul_(r, gh[:, 2 * H :]).tanh_()
+    return (torch.sub(h, n).mul_(z).add_(n),)
