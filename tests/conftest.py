@@ -1,0 +1,46 @@
+"""Shared test helpers: a small text and a tiny config that trains in a second or two."""
+
+from pathlib import Path
+
+import pytest
+
+from rnnlm.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+WAR_AND_PEACE = REPO.parent / "shared" / "data" / "war_and_peace.txt"
+
+SENTENCES = [
+    "Napoleon was the Emperor of the French.",
+    "The prince spoke to Anna Pavlovna in French.",
+    "Pierre looked at the old count and smiled.",
+    "The army crossed the river at dawn.",
+    "Natasha ran into the drawing room laughing.",
+]
+
+
+def small_text(repeats: int = 40) -> str:
+    """A few thousand characters of repetitive English: easy to overfit, quick to tokenize."""
+    lines = []
+    for i in range(repeats):
+        lines.append(" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(3)))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(small_text(), encoding="utf-8")
+    return path
+
+
+def tiny_config(tmp_path: Path, text_path: Path, *overrides: str):
+    """A tiny model on `text_path`, run directory and caches inside tmp_path."""
+    base = [
+        f"data.path={text_path}", "data.url=null", f"data.cache_dir={tmp_path / 'cache'}",
+        "tokenizer.kind=char", "model.hidden_size=32", "model.num_layers=1",
+        "optim.lr=0.01", "optim.warmup_steps=2", f"train.out_dir={tmp_path / 'run'}",
+        "train.batch_size=4", "train.seq_len=16", "train.max_steps=20", "train.eval_every=10",
+        "train.checkpoint_every=5", "train.log_every=1", "train.progress=false", "train.device=cpu",
+        "sample.max_new_tokens=20",
+    ]
+    return load_config(None, base + list(overrides))
