@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -46,11 +47,11 @@ def download(url: str, path, progress: bool = True) -> Path:
     hint = f"download it by hand and save it as {path} (or set data.path to a local text file)"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     except OSError as e:
-        raise RnnlmError(f"cannot create folder {path.parent} for the download ({e.strerror}); set data.path elsewhere") from None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        raise RnnlmError(f"cannot write the download into {path.parent} ({e.strerror}); set data.path to a writable place") from None
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": "rnnlm (+https://github.com)"})
+        request = urllib.request.Request(url, headers={"User-Agent": "rnnlm"})
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=60) as response:
             total = response.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
@@ -61,18 +62,14 @@ def download(url: str, path, progress: bool = True) -> Path:
                     out.write(chunk)
                     got += len(chunk)
                     bar.update(len(chunk))
-            if total is not None and got < total:
-                raise RnnlmError(f"download of {url} stopped after {got} of {total} bytes; try again or {hint}")
+        if total is not None and got < total:
+            raise RnnlmError(f"download of {url} stopped after {got} of {total} bytes; try again, or {hint}")
         os.replace(tmp, path)
-    except RnnlmError:
+    except BaseException as e:
         _remove(tmp)
-        raise
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        _remove(tmp)
-        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-        raise RnnlmError(f"cannot download {url} ({reason}); {hint}") from None
-    except BaseException:
-        _remove(tmp)
+        if isinstance(e, (urllib.error.URLError, http.client.HTTPException, OSError, ValueError)):
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+            raise RnnlmError(f"cannot download {url} ({reason}); {hint}") from None
         raise
     return path
 
@@ -216,9 +213,11 @@ def load_corpus(
     chars = {name: len(splits[name]) for name in SPLITS}
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    key = hashlib.sha256(
-        "\0".join([f"v{_CACHE_FORMAT}", text_hash, tokenizer_kind, str(vocab_size), tokenizer_json or ""]).encode("utf-8")
-    ).hexdigest()[:24]
+    if tokenizer_json is not None:
+        settings = ["given", tokenizer_json]  # kind and vocab_size play no part then
+    else:
+        settings = [tokenizer_kind, str(vocab_size if tokenizer_kind != "char" else 0)]
+    key = hashlib.sha256("\0".join([f"v{_CACHE_FORMAT}", text_hash, *settings]).encode("utf-8")).hexdigest()[:24]
     cache_file = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
 
     cached = _load_cache(cache_file) if cache_file is not None else None

@@ -2,7 +2,6 @@
 
 import functools
 import http.server
-import os
 import socket
 import threading
 from pathlib import Path
@@ -37,6 +36,13 @@ def test_war_and_peace_split_reproduces_the_design_counts():
     assert {k: len(v) for k, v in splits.items()} == {"train": 2_561_316, "valid": 320_185, "test": 320_133}
     assert splits["train"].endswith("\n") and splits["valid"].endswith("\n") and splits["test"].endswith("\n")
     assert not splits["test"].endswith("\n\n") and "*** END OF" not in splits["test"]
+
+
+@pytest.mark.skipif(not WAR_AND_PEACE.is_file(), reason=f"{WAR_AND_PEACE} not present")
+def test_war_and_peace_bpe_round_trip_on_the_whole_train_split():
+    train = data.split_text(data.clean_text(data.read_text(WAR_AND_PEACE)))["train"]
+    tok = T.train_tokenizer("bpe", train, 512)
+    assert T.decode(tok, T.encode(tok, train)) == train
 
 
 def test_clean_removes_gutenberg_header_and_footer():
@@ -117,17 +123,17 @@ def test_read_text_errors_are_one_clear_line(tmp_path):
     one_line_error(e)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
-def test_read_text_unreadable_file(tmp_path):
+def test_read_text_unreadable_file(tmp_path, monkeypatch):
     locked = tmp_path / "locked.txt"
     locked.write_text("secret\n")
-    locked.chmod(0)
-    try:
-        with pytest.raises(RnnlmError, match="cannot read") as e:
-            data.read_text(locked)
-        one_line_error(e)
-    finally:
-        locked.chmod(0o600)
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod 0 does not stop root
+    with pytest.raises(RnnlmError, match="cannot read .*Permission denied.*permissions") as e:
+        data.read_text(locked)
+    one_line_error(e)
 
 
 def test_read_text_drops_a_byte_order_mark(tmp_path):
@@ -150,7 +156,7 @@ def http_root(tmp_path):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield root, f"http://127.0.0.1:{server.server_address[1]}"
@@ -190,6 +196,31 @@ def test_download_failure_names_the_url_and_the_manual_fix(http_root, tmp_path):
         msg = one_line_error(e)
         assert url in msg and str(target) in msg and "by hand" in msg
     assert list(target.parent.iterdir()) == []  # no partial file
+
+
+def test_an_interrupted_download_leaves_nothing_behind(tmp_path):
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"only the beginning\n")
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    target = tmp_path / "data" / "book.txt"
+    try:
+        with pytest.raises(RnnlmError, match="by hand") as e:
+            data.download(f"http://127.0.0.1:{server.server_address[1]}/book.txt", target, progress=False)
+        one_line_error(e)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list(target.parent.iterdir()) == []
 
 
 # --- corpus and cache -------------------------------------------------------------------
