@@ -222,8 +222,7 @@ def load_corpus(
 
     cached = _load_cache(cache_file) if cache_file is not None else None
     if cached is not None:
-        tok = tokenization.from_json(cached["tokenizer_json"])
-        ids = {name: cached["ids"][name].long() for name in SPLITS}
+        tok, ids = cached
         return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash)
 
     if tokenizer_json is not None:
@@ -241,20 +240,20 @@ def load_corpus(
     return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash)
 
 
-def _load_cache(file: Path) -> dict | None:
-    """The cached entry, or None if absent or unusable (then it is simply rebuilt)."""
+def _load_cache(file: Path):
+    """(tokenizer, ids) from a cache file, or None if absent or unusable (then rebuilt)."""
     if not file.is_file():
         return None
     try:
         entry = torch.load(file, weights_only=True, map_location="cpu")
-        ok = (
-            isinstance(entry, dict)
-            and entry.get("format") == _CACHE_FORMAT
-            and isinstance(entry.get("tokenizer_json"), str)
-            and all(isinstance(entry["ids"].get(s), torch.Tensor) and entry["ids"][s].dim() == 1 for s in SPLITS)
-        )
-        return entry if ok else None
-    except Exception:
+        if not (isinstance(entry, dict) and entry.get("format") == _CACHE_FORMAT):
+            return None
+        tok = tokenization.from_json(entry["tokenizer_json"])
+        ids = {name: entry["ids"][name] for name in SPLITS}
+        if not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in ids.values()):
+            return None
+        return tok, {name: t.long() for name, t in ids.items()}
+    except Exception:  # truncated, foreign or hand-edited: not worth more than a rebuild
         return None
 
 

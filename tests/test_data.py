@@ -280,6 +280,11 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path):
     again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
     assert torch.equal(again.ids["train"], first.ids["train"])
     assert data._load_cache(entry) is not None  # rewritten whole
+    entry_dict = torch.load(entry, weights_only=True)
+    entry_dict["tokenizer_json"] = "{broken"
+    torch.save(entry_dict, entry)
+    again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    assert torch.equal(again.ids["valid"], first.ids["valid"])
 
 
 def test_load_corpus_reports_a_missing_file_and_empty_content(tmp_path):
