@@ -373,3 +373,41 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
 def dump_config(cfg: Config) -> str:
     """The fully resolved config as YAML text."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def field_docs() -> dict[str, tuple[str, str]]:
+    """{'section.key': (default as YAML, docstring line)} for every field, read from this file.
+
+    The docstring line under each field is the single source of its documentation: the
+    README's configuration reference is checked against it by a test.
+    """
+    import ast
+    import inspect
+    import sys
+
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    docs: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+            for field_node, doc_node in zip(body, body[1:]):
+                if (isinstance(field_node, ast.AnnAssign) and isinstance(doc_node, ast.Expr)
+                        and isinstance(doc_node.value, ast.Constant) and isinstance(doc_node.value.value, str)):
+                    docs[f"{node.name}.{field_node.target.id}"] = doc_node.value.value.strip()
+    out = {}
+    defaults = config_to_dict(Config())
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        for f in dataclasses.fields(cls):
+            value = defaults[section.name][f.name]
+            shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            out[f"{section.name}.{f.name}"] = (shown, docs.get(f"{cls.__name__}.{f.name}", ""))
+    return out
+
+
+def reference_table() -> str:
+    """The configuration reference as a Markdown table (as in the README)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, (default, doc) in field_docs().items():
+        rows.append(f"| `{key}` | `{default}` | {doc.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)

@@ -86,3 +86,11 @@ def test_bad_override_syntax():
 def test_dump_config_is_yaml_of_plain_types():
     text = dump_config(load_config(None))
     assert "betas:" in text and "!!" not in text
+
+
+def test_readme_documents_every_config_field():
+    from rnnlm.config import field_docs, reference_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert all(doc for _, doc in field_docs().values()), "every config field needs a docstring line"
+    assert reference_table() in readme, "README's configuration reference is stale: paste reference_table()"
