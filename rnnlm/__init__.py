@@ -2,5 +2,20 @@
 
 from rnnlm.errors import RnnlmError
 
-__all__ = ["RnnlmError"]
+__all__ = ["RnnlmError", "load_model"]
+
+
+def load_model(path, device=None):
+    """A trained model from a checkpoint, ready to use from Python:
+
+        lm = load_model("runs/war_and_peace/best.pt")
+        lm.generate("Napoleon was the Emperor of", max_new_tokens=50, temperature=0.8)
+        lm.next_words("Napoleon was the Emperor of", k=5)   # [(word, probability), ...]
+        lm.score(text)                                       # loss, perplexity, bpc, ...
+
+    `device` defaults to cuda when available, else cpu. Returns a sample.LoadedModel.
+    """
+    from rnnlm.sample import load_model_from_checkpoint  # lazily: `import rnnlm` stays light
+
+    return load_model_from_checkpoint(path, device)
 __version__ = "0.1.0"

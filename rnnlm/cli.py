@@ -83,6 +83,9 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="independent continuations to print")
     p.add_argument("--seed", type=int, default=None, help="seed for a reproducible sample")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
+    p.add_argument("--interactive", "-i", action="store_true",
+                   help="keep the model loaded and complete each line typed; /temperature 0.7, /top-k 20, "
+                        "/top-p 0.9, /max-new-tokens 50 change the settings; Ctrl-D leaves")
 
 
 def read_prompt(args: argparse.Namespace, default: str) -> str:
@@ -114,7 +117,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     lm = load_model_from_checkpoint(args.checkpoint, args.device)
     sc = lm.config.sample
-    prompt = read_prompt(args, sc.prompt)
     opts = dict(
         max_new_tokens=sc.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens,
         temperature=sc.temperature if args.temperature is None else args.temperature,
@@ -126,6 +128,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise RnnlmError(f"--max-new-tokens must be >= 0, got {opts['max_new_tokens']}")
     if opts["top_k"] < 0:
         raise RnnlmError(f"--top-k must be >= 0, got {opts['top_k']}")
+    if args.interactive:
+        return interactive_generate(lm, opts)
+    prompt = read_prompt(args, sc.prompt)
     separator = " " if lm.config.tokenizer.kind == "word" else ""
     if args.num_samples == 1:
         print_stream(prompt + separator)
@@ -174,6 +179,158 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def interactive_generate(lm, opts: dict) -> int:
+    """generate --interactive: complete lines from the terminal, or from stdin when piped."""
+    from rnnlm.interactive import HELP, run_session, terminal_lines
+
+    settings = {k: opts[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+    if sys.stdin.isatty():
+        print(HELP, file=sys.stderr)
+        lines = terminal_lines()
+    else:
+        lines = sys.stdin
+    run_session(lm, settings, lines)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# plot
+
+
+def add_plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (train.out_dir) holding metrics.jsonl")
+    p.add_argument("--out", "-o", default=None, help="PNG file to write (default: RUN_DIR/training.png)")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from rnnlm.plots import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# gradient-flow
+
+
+def add_gradient_flow_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", action="append", default=[], metavar="PT",
+                   help="a trained model (repeat to compare several); its corpus and tokenizer are used")
+    p.add_argument("--config", "-c", help="YAML config for untrained models and the corpus (with --cells)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides of --config")
+    p.add_argument("--cells", default=None,
+                   help="comma-separated cells to measure untrained, e.g. rnn,gru,lstm (default with "
+                        "--config alone: the config's cell)")
+    p.add_argument("--seq-len", type=int, default=100, help="window length T (default 100)")
+    p.add_argument("--windows", type=int, default=8, help="windows of validation text to average over (default 8)")
+    p.add_argument("--hh-scale", type=float, default=None,
+                   help="multiply the untrained models' W_hh by this (e.g. 3 for an exploding rnn) and add a "
+                        "panel of SGD steps with clipping off and on")
+    p.add_argument("--clip", type=float, default=None, help="clip threshold of that panel (default: optim.clip_grad_norm)")
+    p.add_argument("--lr", type=float, default=1.0, help="SGD learning rate of that panel (default 1.0)")
+    p.add_argument("--steps", type=int, default=30, help="SGD steps of that panel (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the untrained models' initialisation")
+    p.add_argument("--out", "-o", default="gradient_flow.png", help="PNG file to write (default gradient_flow.png)")
+
+
+def cmd_gradient_flow(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from rnnlm import gradflow
+    from rnnlm import tokenizer as tokenization
+    from rnnlm.config import CELL_KINDS, load_config
+    from rnnlm.data import load_corpus
+    from rnnlm.model import RNNLM
+    from rnnlm.sample import load_model_from_checkpoint
+
+    if not args.checkpoint and not args.config:
+        raise RnnlmError("gradient-flow needs --checkpoint PT (trained) or --config FILE (untrained), or both")
+    if args.overrides and not args.config:
+        raise RnnlmError("overrides need --config; a checkpoint's settings are fixed")
+    if args.seq_len < 2 or args.windows < 1 or args.steps < 1:
+        raise RnnlmError("--seq-len must be at least 2, --windows and --steps at least 1")
+    trained = [load_model_from_checkpoint(path, "cpu") for path in args.checkpoint]
+    cfg = load_config(args.config, args.overrides) if args.config else trained[0].config
+    cells = args.cells.split(",") if args.cells else ([] if trained else [cfg.model.cell])
+    for cell in cells:
+        if cell not in CELL_KINDS:
+            raise RnnlmError(f"--cells: unknown cell {cell!r}; use a comma-separated list of {', '.join(CELL_KINDS)}")
+
+    # One token sequence for every model: the first checkpoint's tokenizer, else the config's.
+    tokenizer_json = tokenization.to_json(trained[0].tokenizer) if trained else None
+    dc = cfg.data
+    corpus = load_corpus(dc.path, url=dc.url, encoding=dc.encoding, errors=dc.errors,
+                         tokenizer_kind=cfg.tokenizer.kind, vocab_size=cfg.tokenizer.vocab_size,
+                         cache_dir=dc.cache_dir, tokenizer_json=tokenizer_json, progress=False)
+    windows = gradflow.text_windows(corpus.ids["valid"], args.windows, args.seq_len)
+    vocab_size = corpus.tokenizer.get_vocab_size()
+    for lm in trained[1:]:
+        if lm.model.vocab_size != vocab_size:
+            raise RnnlmError("the checkpoints use different tokenizers; compare checkpoints trained on the same one")
+
+    curves = []
+    for path, lm in zip(args.checkpoint, trained):
+        label = f"{lm.config.model.cell}, {Path(path).parent.name} step {lm.checkpoint_step}"
+        curves.append(gradflow.Curve(label, "trained", gradflow.gradient_flow(lm.model, windows)))
+    untrained = []
+    group = "untrained" + (f", W_hh x {args.hh_scale:g}" if args.hh_scale else "")
+    for cell in cells:
+        torch.manual_seed(args.seed)
+        model = RNNLM(vocab_size, dataclasses.replace(cfg.model, cell=cell, dropout=0.0))
+        if args.hh_scale:
+            gradflow.scale_hh(model, args.hh_scale)
+        untrained.append(model)
+        curves.append(gradflow.Curve(cell, group, gradflow.gradient_flow(model, windows)))
+    print(gradflow.format_table(curves))
+
+    clip_runs, clip = None, None
+    if args.hh_scale and untrained:
+        clip = args.clip if args.clip is not None else (cfg.optim.clip_grad_norm or 1.0)
+        clip_runs = [gradflow.clipping_run(untrained[0], windows, steps=args.steps, lr=args.lr, clip=c,
+                                           label=f"{cells[0]}, {name}")
+                     for c, name in ((0.0, "no clipping"), (clip, f"clip {clip:g}"))]
+        for run in clip_runs:
+            print(f"{run.label}: gradient norm before clipping {run.grad_norms[0]:.3g} -> {run.grad_norms[-1]:.3g}, "
+                  f"loss {run.losses[0]:.3g} -> {run.losses[-1]:.3g} after {len(run.losses)} steps")
+    title = f"||dL_T/dh_t|| of the top layer, {windows.size(0)} windows of {args.seq_len} tokens of {Path(dc.path).name}"
+    gradflow.plot_gradient_flow(curves, args.out, clip_runs=clip_runs, clip=clip, title=title)
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# predict
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.epilog = PREDICT_EPILOG
+    p.add_argument("prompt", help="text whose next word is predicted")
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("-k", "--top-k", type=int, default=10, help="how many words to list (default 10)")
+    p.add_argument("--beam", type=int, default=16,
+                   help="partial words kept while searching bpe/char continuations (default 16)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
+
+
+PREDICT_EPILOG = ("With a word tokenizer the next word is the next token. With bpe or char tokenizers a "
+                  "small beam search runs over continuations up to the next word boundary (a space, line break "
+                  "or punctuation after at least one letter), so the answers are whole words, not fragments; "
+                  "a word's probability adds up the ways of spelling it in tokens.")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rnnlm.predict import format_table, next_words
+    from rnnlm.sample import load_model_from_checkpoint
+
+    if args.top_k < 1 or args.beam < 1:
+        raise RnnlmError("-k/--top-k and --beam must be at least 1")
+    lm = load_model_from_checkpoint(args.checkpoint, args.device)
+    print(format_table(next_words(lm, args.prompt, args.top_k, beam=max(args.beam, args.top_k))))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # entry points
 
@@ -181,6 +338,10 @@ COMMANDS = {
     "train": (add_train_args, cmd_train, "train a model from a YAML config"),
     "generate": (add_generate_args, cmd_generate, "continue a prompt from a checkpoint"),
     "evaluate": (add_evaluate_args, cmd_evaluate, "loss, perplexity and bits per character of a checkpoint"),
+    "plot": (add_plot_args, cmd_plot, "draw a run's loss and gradient-norm curves as a PNG"),
+    "gradient-flow": (add_gradient_flow_args, cmd_gradient_flow,
+                      "plot ||dL_T/dh_t|| against the distance T - t: vanishing and exploding gradients"),
+    "predict": (add_predict_args, cmd_predict, "the k most likely next words after a prompt, with probabilities"),
 }
 
 

@@ -195,6 +195,8 @@ class TrainConfig:
     """Show a tqdm progress bar."""
     max_bad_steps: int = 5
     """Stop after this many optimizer steps in a row with a non-finite loss or gradient."""
+    tensorboard: bool = False
+    """Also log metrics to out_dir/tensorboard (needs the tensorboard package; else a warning)."""
 
     def __post_init__(self):
         for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "log_every", "max_bad_steps"):

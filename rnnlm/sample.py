@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Optional
 
 import torch
@@ -35,6 +36,35 @@ class LoadedModel:
     config: Config
     device: torch.device
     checkpoint_step: int
+
+    # The Python API (``from rnnlm import load_model``): settings left as None come from
+    # the checkpoint's `sample` section.
+
+    def generate(self, prompt: str, *, max_new_tokens: Optional[int] = None, temperature: Optional[float] = None,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None) -> str:
+        """One continuation of `prompt` (the new text only)."""
+        sc = self.config.sample
+        return generate(self, prompt, seed=seed,
+                        max_new_tokens=sc.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                        temperature=sc.temperature if temperature is None else temperature,
+                        top_k=sc.top_k if top_k is None else top_k,
+                        top_p=sc.top_p if top_p is None else top_p)[0]
+
+    def next_words(self, prompt: str, k: int = 10, *, beam: int = 16) -> list[tuple[str, float]]:
+        """The k most likely next words after `prompt`, as (word, probability) pairs (see predict.py)."""
+        from rnnlm.predict import next_words
+        return next_words(self, prompt, k, beam=beam)
+
+    def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:
+        """loss (nats/token), perplexity, bpc (bits per character), tokens and chars of `text`."""
+        from rnnlm.evaluate import score_text
+        return score_text(self, text, batch_size=batch_size, seq_len=seq_len)
+
+    @cached_property
+    def token_classes(self) -> list[str]:
+        """word / space / punctuation class of every token id, for next_words (decoded once)."""
+        from rnnlm.predict import token_classes
+        return token_classes(self.tokenizer, self.model.vocab_size)
 
 
 def load_model_from_checkpoint(path, device: Optional[str] = None) -> LoadedModel:

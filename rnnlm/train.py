@@ -28,6 +28,7 @@ from rnnlm.data import Corpus, batchify, check_enough_tokens, get_batch, load_co
 from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
 from rnnlm.model import RNNLM, count_parameters, detach_state
+from rnnlm.plots import log_to_tensorboard, open_tensorboard, plot_run_quietly
 
 # Config sections whose change makes a checkpoint's weights or data position meaningless.
 RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size", "data.path")
@@ -261,9 +262,13 @@ def train(cfg: Config) -> dict:
             "text_hash": corpus.text_hash,
         })
 
+    tensorboard = open_tensorboard(out) if tc.tensorboard else None
+
     def log(record: dict) -> None:
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if tensorboard is not None:
+            log_to_tensorboard(tensorboard, record)
 
     # SIGINT / SIGTERM: finish the step in flight, save, then stop (see the loop's end).
     stop_signal = []
@@ -380,6 +385,9 @@ def train(cfg: Config) -> dict:
         best_val_loss = val["loss"]
         checkpoint(out / "best.pt")
     checkpoint(out / "last.pt")
+    if tensorboard is not None:
+        tensorboard.close()
+    plot_run_quietly(out)
     best = load_checkpoint(out / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     test = split_metrics(model, corpus, "test", cfg, device, autocast)

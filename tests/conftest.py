@@ -44,3 +44,21 @@ def tiny_config(tmp_path: Path, text_path: Path, *overrides: str):
         "sample.max_new_tokens=20",
     ]
     return load_config(None, base + list(overrides))
+
+
+def train_tiny_run(root: Path, *overrides: str) -> Path:
+    """Train a tiny model on small_text() under `root` (quietly); returns its run directory.
+
+    For module-scoped fixtures: train once, share the run among a module's tests.
+    """
+    import contextlib
+    import io
+
+    from rnnlm.train import train
+
+    root.mkdir(parents=True, exist_ok=True)
+    text_path = root / "corpus.txt"
+    text_path.write_text(small_text(), encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(tiny_config(root, text_path, *overrides))
+    return root / "run"

@@ -1,0 +1,90 @@
+"""`rnnlm generate --interactive`: the model stays loaded and completes each line typed.
+
+    > Napoleon was the Emperor of
+    Napoleon was the Emperor of the French, and ...
+    > /temperature 0.5
+    temperature = 0.5
+    > /top-k 20
+
+Lines starting with "/" change the sampling settings for the rest of the session;
+Ctrl-D (end of input) leaves, Ctrl-C stops the completion being written.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Optional
+
+from rnnlm.errors import RnnlmError
+from rnnlm.sample import LoadedModel, generate, print_stream
+
+# /command -> (setting, type); each is a keyword argument of sample.generate.
+SETTINGS = {
+    "/temperature": ("temperature", float),
+    "/top-k": ("top_k", int),
+    "/top-p": ("top_p", float),
+    "/max-new-tokens": ("max_new_tokens", int),
+    "/seed": ("seed", int),
+}
+HELP = ("type text to complete it; " + ", ".join(f"{c} N" for c in SETTINGS)
+        + " change the settings; /settings shows them; Ctrl-D leaves")
+
+
+def terminal_lines(prompt: str = "> ") -> Iterator[str]:
+    """Lines typed at a terminal (with line editing), until Ctrl-D."""
+    while True:
+        try:
+            yield input(prompt)
+        except EOFError:
+            print()
+            return
+
+
+def apply_command(line: str, settings: dict) -> str:
+    """Change one setting from a "/name value" line; returns what to tell the user."""
+    name, _, value = line.strip().partition(" ")
+    if name == "/settings":
+        return ", ".join(f"{k} = {v}" for k, v in settings.items())
+    if name == "/help":
+        return HELP
+    if name not in SETTINGS:
+        return f"unknown command {name}; {HELP}"
+    key, kind = SETTINGS[name]
+    try:
+        new = kind(value.strip())
+    except ValueError:
+        return f"{name} needs a number, e.g. {name} {1 if kind is int else 0.7}"
+    valid = {"temperature": new >= 0, "top_k": new >= 0, "top_p": 0 < new <= 1, "max_new_tokens": new >= 0,
+             "seed": True}[key]
+    if not valid:
+        return f"{name} {value.strip()} is out of range (temperature >= 0, top-k >= 0, 0 < top-p <= 1, max-new-tokens >= 0)"
+    settings[key] = new
+    return f"{key} = {new}"
+
+
+def run_session(lm: LoadedModel, settings: dict, lines: Iterable[str],
+                write: Optional[Callable[[str], None]] = None) -> int:
+    """Complete each line of `lines` with the settings (changed by /commands); returns how many.
+
+    `settings` holds generate's keyword arguments (max_new_tokens, temperature, top_k,
+    top_p, seed) and is updated in place by the commands.
+    """
+    write = write or print_stream
+    separator = " " if lm.config.tokenizer.kind == "word" else ""
+    completed = 0
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            write(apply_command(line, settings) + "\n")
+            continue
+        write(line + separator)
+        try:
+            generate(lm, line, on_text=write, **settings)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C stops this completion, not the session
+        except RnnlmError as e:
+            write(f"\nerror: {e}")
+        write("\n")
+        completed += 1
+    return completed
