@@ -11,7 +11,9 @@ token up to the next word boundary, keeping the `beam` most likely partial words
 
 Before the first letter, whitespace tokens are skipped over (the prompt may end before a
 space or a line break), and a punctuation token is a "word" of its own, as it is for the
-word tokenizer. The search stops when no partial word can beat the k-th finished word
+word tokenizer. The prompt's last word counts as complete: when the prompt ends in a
+letter, tokens that would glue on to that word are not followed (their probability is
+the model's belief that the prompt's word goes on, and is not listed). The search stops when no partial word can beat the k-th finished word
 any more (a word's probability is at most that of any of its prefixes) or after
 `max_tokens` tokens. Probabilities of the same word reached by different token splits
 add up.
@@ -83,6 +85,8 @@ def next_words(lm: LoadedModel, prompt: str, k: int = 10, *, beam: int = 16, max
     punct = torch.tensor([c == PUNCT for c in classes], device=lm.device)
     continues_word = ~ends_word
     may_start = torch.tensor([c in (WORD, LEADING_SPACE_WORD, SPACE) for c in classes], device=lm.device)
+    # Right after a prompt ending in a letter, a word token would extend the prompt's last word.
+    may_start_after_prompt = may_start & ~continues_word if is_word_char(prompt[-1]) else may_start
 
     finished: dict[str, float] = {}
 
@@ -101,7 +105,7 @@ def next_words(lm: LoadedModel, prompt: str, k: int = 10, *, beam: int = 16, max
                 top_punct = torch.topk(lp.masked_fill(~punct, -math.inf), min(beam, int(punct.sum())))
                 for v, i in zip(top_punct.values.tolist(), top_punct.indices.tolist()):
                     finish(tokenization.decode(lm.tokenizer, part.ids + [i]).strip(), math.exp(part.logprob + v))
-                allowed = may_start
+                allowed = may_start if part.ids else may_start_after_prompt
             top = torch.topk(lp.masked_fill(~allowed, -math.inf), min(beam, int(allowed.sum())))
             candidates += [(part.logprob + v, b, i) for v, i in zip(top.values.tolist(), top.indices.tolist())]
         candidates = sorted(candidates, key=lambda c: -c[0])[:beam]
