@@ -165,8 +165,12 @@ def plot_gradient_flow(curves: list[Curve], out, *, clip_runs: Optional[list[Cli
         ax = axes[-1]
         for run, color in zip(clip_runs, ("tab:red", "tab:blue", "tab:purple")):
             steps = range(1, len(run.grad_norms) + 1)
-            ax.plot(steps, run.grad_norms, "-", lw=1.5, color=color, label=f"{run.label}: gradient norm")
-            ax.plot(steps, run.losses, ":", lw=1.5, color=color, label=f"{run.label}: loss")
+            ax.plot(steps, run.grad_norms, "o-", ms=3, lw=1.5, color=color, label=f"{run.label}: gradient norm")
+            ax.plot(steps, run.losses, "s:", ms=3, lw=1.5, color=color, label=f"{run.label}: loss")
+            if not (math.isfinite(run.grad_norms[-1]) and math.isfinite(run.losses[-1])):
+                finite = [v for v in run.grad_norms + run.losses if math.isfinite(v)]
+                ax.annotate(f"{run.label}: inf/NaN at step {len(steps)}", (len(steps), max(finite, default=1.0)),
+                            textcoords="offset points", xytext=(8, -4), fontsize=8, color=color)
         if clip:
             ax.axhline(clip, color="gray", ls="--", lw=1, label=f"clip threshold {clip:g}")
         ax.set_yscale("log")
