@@ -161,6 +161,10 @@ def plot_gradient_flow(curves: list[Curve], out, *, clip_runs: Optional[list[Cli
         ax.set_title(group)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    # One y range for all gradient panels, so that curves in different panels compare.
+    lows, highs = zip(*(ax.get_ylim() for ax in axes[:len(groups)]))
+    for ax in axes[:len(groups)]:
+        ax.set_ylim(min(lows), max(highs))
     if clip_runs:
         ax = axes[-1]
         for run, color in zip(clip_runs, ("tab:red", "tab:blue", "tab:purple")):

@@ -53,10 +53,11 @@ def apply_command(line: str, settings: dict) -> str:
         new = kind(value.strip())
     except ValueError:
         return f"{name} needs a number, e.g. {name} {1 if kind is int else 0.7}"
-    valid = {"temperature": new >= 0, "top_k": new >= 0, "top_p": 0 < new <= 1, "max_new_tokens": new >= 0,
-             "seed": True}[key]
-    if not valid:
-        return f"{name} {value.strip()} is out of range (temperature >= 0, top-k >= 0, 0 < top-p <= 1, max-new-tokens >= 0)"
+    ranges = {"temperature": (new >= 0, ">= 0 (0 = greedy)"), "top_k": (new >= 0, ">= 0 (0 = all)"),
+              "top_p": (0 < new <= 1, "in (0, 1]"), "max_new_tokens": (new >= 0, ">= 0"), "seed": (True, "")}
+    ok, allowed = ranges[key]
+    if not ok:
+        return f"{name} must be {allowed}, got {value.strip()}"
     settings[key] = new
     return f"{key} = {new}"
 
