@@ -154,7 +154,7 @@ def plot_gradient_flow(curves: list[Curve], out, *, clip_runs: Optional[list[Cli
     for ax, group in zip(axes, groups):
         for c in (c for c in curves if c.group == group):
             d = range(len(c.norms))
-            ax.plot(d, c.norms, lw=1.5, label=c.label, color=colors.get(c.label.split()[0]))
+            ax.plot(d, c.norms, lw=1.5, label=c.label, color=colors.get(c.label.split()[0].rstrip(",")))
         ax.set_yscale("log")
         ax.set_xlabel("distance T - t (steps back from the loss)")
         ax.set_ylabel("||dL_T / dh_t||")
