@@ -11,7 +11,8 @@ would run code is refused without running it. Keys:
     config           the run's config as plain types
     tokenizer        the tokenizer as its JSON string
     vocab_size       int
-    step, epoch, batch_index, tokens_seen, elapsed_seconds, bad_steps_skipped
+    step, epoch, position (the offset of the next batch in every stream),
+    tokens_seen, elapsed_seconds, bad_steps_skipped
     best_val_loss    float (inf before the first evaluation)
     hidden           the carried hidden state: list (layers) of lists of tensors
     rng              torch (and CUDA) generator states
@@ -65,18 +66,38 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
     either the old complete file or the new complete file, never half of one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(to_cpu(checkpoint), f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise RnnlmError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept}; "
+                             "free some disk space or set train.out_dir to a writable place") from None
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself survive a power cut (POSIX; not possible on Windows).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

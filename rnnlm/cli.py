@@ -1,7 +1,8 @@
 """Command line: `rnnlm train | generate | evaluate` (also `rnnlm-train`, ... and scripts/*.py).
 
 Every user-facing failure is an RnnlmError, printed here as one line `error: ...` with
-exit status 2; an interrupted training run exits with 130 after saving its checkpoint.
+exit status 2 (a mistyped option too); a training run stopped by SIGINT or SIGTERM exits
+with 128 + the signal number (130, 143) after saving its checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
     sys.stderr.write(f"warning: {message}\n")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one `error:` line like every other."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command, turning user errors into one line and a non-zero exit code."""
     from rnnlm.train import TrainingInterrupted
@@ -32,7 +40,7 @@ def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> in
         return 2
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
-        return 130
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -56,13 +64,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rnnlm.train import train
 
     overrides = list(args.overrides)
+    config = args.config
     if args.resume is not None:
         overrides.append("train.resume=true")
         if args.resume:
             overrides.append(f"train.out_dir={args.resume}")
+            # `--resume RUN_DIR` alone continues with the run's own resolved config.
+            if config is None and (Path(args.resume) / "config.yaml").is_file():
+                config = Path(args.resume) / "config.yaml"
     if args.overwrite:
         overrides.append("train.overwrite=true")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(config, overrides)
     train(cfg)
     return 0
 
@@ -128,8 +140,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise RnnlmError(f"--top-k must be >= 0, got {opts['top_k']}")
     separator = " " if lm.config.tokenizer.kind == "word" else ""
     if args.num_samples == 1:
-        print_stream(prompt + separator)
-        generate(lm, prompt, on_text=print_stream, **opts)
+        # The prompt is shown with the first new text, so a bad option or prompt prints nothing.
+        shown = []
+
+        def show(piece: str) -> None:
+            if not shown:
+                print_stream(prompt + separator)
+                shown.append(True)
+            print_stream(piece)
+
+        generate(lm, prompt, on_text=show, **opts)
+        if not shown:
+            print_stream(prompt)
         print()
     else:
         for i, text in enumerate(generate(lm, prompt, **opts)):
@@ -161,6 +183,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1 or args.seq_len < 1:
         raise RnnlmError("--batch-size and --seq-len must be at least 1")
     batch_size = args.batch_size or lm.config.train.batch_size
+    if args.text and not Path(args.text).is_file():
+        raise RnnlmError(f"--text file {args.text!r} not found; pass an existing text file")
     if args.text:
         name = args.text
         m = score_text_file(lm, args.text, batch_size=batch_size, seq_len=args.seq_len)
@@ -185,7 +209,7 @@ COMMANDS = {
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="rnnlm", description="Recurrent-network language models in PyTorch.")
+    parser = ArgumentParser(prog="rnnlm", description="Recurrent-network language models in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -198,7 +222,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _single(name: str):
     def entry(argv: Optional[list[str]] = None) -> int:
         add_args, fn, help_text = COMMANDS[name]
-        parser = argparse.ArgumentParser(prog=f"rnnlm-{name}", description=help_text)
+        parser = ArgumentParser(prog=f"rnnlm-{name}", description=help_text)
         add_args(parser)
         return run(fn, parser.parse_args(argv))
     return entry
@@ -207,3 +231,7 @@ def _single(name: str):
 train_main = _single("train")
 generate_main = _single("generate")
 evaluate_main = _single("evaluate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

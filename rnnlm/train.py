@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -29,16 +30,19 @@ from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
 from rnnlm.model import RNNLM, count_parameters, detach_state
 
-# Config sections whose change makes a checkpoint's weights or data position meaningless.
-RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size", "data.path")
+# Settings whose change makes a checkpoint's weights or data position meaningless. The
+# data itself is checked by the hash of its text (so a moved file may still resume);
+# run length, logging, evaluation, checkpointing and optimizer settings may change.
+RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size")
 
 
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM arrived; the checkpoint is written and the run can be resumed."""
 
-    def __init__(self, signum: int, path: Path):
-        super().__init__(f"stopped by signal {signum}; progress saved to {path} "
-                         f"(continue with train.resume=true)")
+    def __init__(self, signum: int, step: int, path: Path):
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} after step {step}; progress saved to {path} "
+                         f"(continue with: rnnlm train --resume {path.parent})")
         self.signum = signum
 
 
@@ -55,10 +59,13 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RnnlmError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+        raise RnnlmError(f"device {name} asked for, but CUDA is not available here; use auto or cpu")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RnnlmError("train.device=mps but MPS is not available here; use train.device=auto or cpu")
-    return torch.device(name)
+        raise RnnlmError("device mps asked for, but MPS is not available here; use auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RnnlmError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -144,26 +151,74 @@ def all_finite(*tensors: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def nonfinite_tensors(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in nested dicts/lists that hold a NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    return [name for k, v in items for name in nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
 # ---------------------------------------------------------------------------------------
 # Run directory and corpus
 
 
 def prepare_run_dir(cfg: Config) -> Optional[dict]:
-    """Create out_dir; return the checkpoint to resume from, if resuming."""
+    """Create out_dir; return the checkpoint to resume from, if resuming.
+
+    A resume is refused, before any data is read, when the architecture, tokenizer or
+    batch layout differs from the checkpoint's: its weights or data position would be
+    meaningless. A fresh run never overwrites a run directory without train.overwrite.
+    """
     out = Path(cfg.train.out_dir)
     last = out / "last.pt"
+    if out.exists() and not out.is_dir():
+        raise RnnlmError(f"train.out_dir {out} is a file, not a directory; set train.out_dir to a folder")
     if cfg.train.resume:
         if not last.exists():
-            raise RnnlmError(f"cannot resume: {last} not found; start a new run without train.resume")
-        return load_checkpoint(last)
+            raise RnnlmError(f"cannot resume: {last} not found; start a new run without --resume")
+        checkpoint = load_checkpoint(last)
+        diffs = config_differences(checkpoint["config"], config_to_dict(cfg))
+        if diffs:
+            raise RnnlmError(f"cannot resume {last}: settings differ from the checkpoint's: " + "; ".join(diffs)
+                             + "; undo these changes, or start a new run with another train.out_dir or --overwrite")
+        _remove_stale_temporaries(out)
+        _truncate_metrics(out / "metrics.jsonl", checkpoint["step"])
+        return checkpoint
     if out.exists() and any(out.iterdir()):
         if not cfg.train.overwrite:
             raise RnnlmError(f"run directory {out} already exists; continue it with --resume "
                              "(train.resume=true), start over with --overwrite, or set train.out_dir")
         for name in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "tokenizer.json"):
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RnnlmError(f"cannot create run directory {out} ({e.strerror}); set train.out_dir to a writable place") from None
     return None
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    # A process killed while saving leaves its temporary file (never the checkpoint) behind.
+    for tmp in list(out.glob("last.pt.*.tmp")) + list(out.glob("best.pt.*.tmp")):
+        tmp.unlink(missing_ok=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metrics logged after the checkpoint's step (and a half-written last line):
+    the resumed run logs those steps again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept), encoding="utf-8")
 
 
 def load_training_corpus(cfg: Config, tokenizer_json: Optional[str] = None, progress: bool = True) -> Corpus:
@@ -206,12 +261,9 @@ def train(cfg: Config) -> dict:
 
     # --- data: tokenizer trained on the train split (or taken from the checkpoint)
     corpus = load_training_corpus(cfg, tokenizer_json=resume["tokenizer"] if resume else None, progress=tc.progress)
-    if resume is not None:
-        diffs = config_differences(resume["config"], config_to_dict(cfg))
-        if resume.get("text_hash") != corpus.text_hash:
-            diffs.append(f"data: the text of {cfg.data.path} differs from the one this run was trained on")
-        if diffs:
-            raise RnnlmError("cannot resume: settings differ from the checkpoint's: " + "; ".join(diffs))
+    if resume is not None and resume.get("text_hash") != corpus.text_hash:
+        raise RnnlmError(f"cannot resume {out / 'last.pt'}: the text of {cfg.data.path} (after data.encoding/"
+                         "data.errors) differs from the one this run was trained on; point data.path at that text")
     vocab_size = corpus.tokenizer.get_vocab_size()
     check_enough_tokens(corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
     train_data = batchify(corpus.ids["train"], tc.batch_size).to(device)  # (B, N)
@@ -245,6 +297,12 @@ def train(cfg: Config) -> dict:
           + (f" | resuming at step {step}" if resume else ""))
 
     def checkpoint(path: Path) -> None:
+        # Never write a NaN: a checkpoint must always be a state worth resuming from.
+        bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
+        if bad:
+            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
+            raise RnnlmError(f"not writing {path}: {', '.join(bad[:3])} hold NaN or inf at step {step}; "
+                             f"{where}; lower optim.lr or set optim.clip_grad_norm")
         save_checkpoint(path, {
             "format_version": CHECKPOINT_FORMAT,
             "model": unwrap_model(model).state_dict(),
@@ -266,11 +324,18 @@ def train(cfg: Config) -> dict:
             f.write(json.dumps(record) + "\n")
 
     # SIGINT / SIGTERM: finish the step in flight, save, then stop (see the loop's end).
+    # A second signal means "now": it interrupts at once (last.pt is then the periodic one).
     stop_signal = []
+
+    def on_signal(signum, frame):
+        if stop_signal:
+            raise KeyboardInterrupt
+        stop_signal.append(signum)
+
     previous_handlers = {}
     if _in_main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[sig] = signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+            previous_handlers[sig] = signal.signal(sig, on_signal)
 
     batches_per_epoch = math.ceil((stream_len - 1) / tc.seq_len)
     total = tc.max_steps or (int(tc.max_epochs * batches_per_epoch) if tc.max_epochs else None)
@@ -310,17 +375,28 @@ def train(cfg: Config) -> dict:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
             if not all_finite(loss.detach(), grad_norm):
-                # Skip the update, keep the old state; the data moves on.
+                # Skip the update: weights and optimizer state stay as they were; the data
+                # moves on. The state after this window is carried on only if it is finite,
+                # else the streams restart from zeros, so one bad window cannot poison the next.
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.update()
                 bad_steps_skipped += 1
                 bad_in_a_row += 1
                 position += x.size(1)
+                new_hidden = detach_state(new_hidden)
+                hidden = new_hidden if all_finite(*(t for layer in new_hidden for t in layer)) else None
+                if stop_signal or bad_in_a_row >= tc.max_bad_steps:
+                    # The weights are those of the last good step: save them before stopping.
+                    elapsed = time.perf_counter() - run_start
+                    checkpoint(out / "last.pt")
+                    last_good = out / "last.pt"
+                if stop_signal:
+                    raise TrainingInterrupted(stop_signal[0], step, out / "last.pt")
                 if bad_in_a_row >= tc.max_bad_steps:
-                    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
                     raise RnnlmError(f"stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
-                                     f"at step {step}; {where}; lower optim.lr or set optim.clip_grad_norm")
+                                     f"(after step {step}); the last good weights (step {step}) are saved in "
+                                     f"{last_good}; lower optim.lr or set optim.clip_grad_norm, then --resume")
                 continue
             bad_in_a_row = 0
             if scaler is not None:
@@ -364,14 +440,25 @@ def train(cfg: Config) -> dict:
             if stop_signal:
                 elapsed = time.perf_counter() - run_start
                 checkpoint(out / "last.pt")
-                raise TrainingInterrupted(stop_signal[0], out / "last.pt")
+                raise TrainingInterrupted(stop_signal[0], step, out / "last.pt")
+        # The run is over (max_steps, max_epochs or max_minutes): save before evaluating.
+        elapsed = time.perf_counter() - run_start
+        checkpoint(out / "last.pt")
+        last_good = out / "last.pt"
+    except (RnnlmError, TrainingInterrupted, KeyboardInterrupt):
+        raise
+    except Exception:
+        # A bug, not bad input: the traceback follows; say where the progress is.
+        where = f"{last_good} holds the last checkpoint (resume with --resume)" if last_good \
+            else "no checkpoint was written yet"
+        print(f"training failed at step {step} with an unexpected error; {where}", file=sys.stderr)
+        raise
     finally:
         bar.close()
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
 
     # --- the end: final validation, checkpoints, test numbers of the best model
-    elapsed = time.perf_counter() - run_start
     val = split_metrics(model, corpus, "valid", cfg, device, autocast)
     log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
          "seconds": round(elapsed, 2)})
@@ -379,7 +466,7 @@ def train(cfg: Config) -> dict:
     if val["loss"] < best_val_loss or not (out / "best.pt").exists():
         best_val_loss = val["loss"]
         checkpoint(out / "best.pt")
-    checkpoint(out / "last.pt")
+        checkpoint(out / "last.pt")  # again, so a resumed run knows the best loss so far
     best = load_checkpoint(out / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     test = split_metrics(model, corpus, "test", cfg, device, autocast)

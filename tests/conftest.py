@@ -44,3 +44,10 @@ def tiny_config(tmp_path: Path, text_path: Path, *overrides: str):
         "sample.max_new_tokens=20",
     ]
     return load_config(None, base + list(overrides))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order."""
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
