@@ -24,8 +24,9 @@ Tensors are moved to the CPU before saving, so a GPU-trained model loads anywher
 from __future__ import annotations
 
 import os
-import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +110,11 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if path.is_dir():
         raise RnnlmError(f"checkpoint {str(path)!r} is a directory; pass a file such as {path / 'best.pt'}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only" in str(e):
-            raise RnnlmError(f"checkpoint {str(path)!r} holds Python objects that could run code when "
-                             "loaded; refused (rnnlm checkpoints hold only tensors and plain types)") from None
-        raise RnnlmError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint ({_first_line(e)}); "
-                         "use another file, e.g. best.pt or last.pt") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, KeyError) as e:
-        raise RnnlmError(f"checkpoint {str(path)!r} is truncated, corrupt or not a PyTorch file "
-                         f"({_first_line(e)}); use another file, e.g. best.pt or last.pt") from None
+        with warnings.catch_warnings():  # torch's remarks on a foreign file; our one line says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # the unpickler fails in all sorts of ways on foreign bytes
+        raise RnnlmError(_unloadable(path, e)) from None
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED_KEYS):
         raise RnnlmError(f"checkpoint {str(path)!r} is not an rnnlm checkpoint (missing keys); "
                          "pass a last.pt or best.pt written by rnnlm training")
@@ -128,6 +124,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return checkpoint
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+def _unloadable(path: Path, e: Exception) -> str:
+    """Why torch.load(weights_only=True) refused `path`, in one line."""
+    name = repr(str(path))
+    code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if code:
+        return (f"checkpoint {name} holds Python objects that could run code when loaded ({code.group(1)}); "
+                "refused without loading it: rnnlm checkpoints hold only tensors and plain types")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return f"checkpoint {name} is empty; use another file, e.g. best.pt or last.pt"
+    if head == b"PK\x03\x04":  # torch.save writes a zip archive
+        return (f"checkpoint {name} is truncated or corrupt (an incomplete PyTorch file); "
+                "use another file, e.g. best.pt or last.pt")
+    return (f"checkpoint {name} is not a PyTorch checkpoint (not written by torch.save); "
+            "pass a last.pt or best.pt written by rnnlm training")

@@ -249,9 +249,13 @@ def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autoca
 def train(cfg: Config) -> dict:
     """Train a model as configured; return the final metrics (validation and test)."""
     tc = cfg.train
-    if not (tc.max_steps or tc.max_epochs or tc.max_minutes):
-        raise RnnlmError("training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes")
-    resume = prepare_run_dir(cfg)
+    no_limit = RnnlmError("training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes")
+    has_limit = bool(tc.max_steps or tc.max_epochs or tc.max_minutes)
+    if not has_limit and not tc.resume:
+        raise no_limit
+    resume = prepare_run_dir(cfg)  # when resuming, a missing or foreign last.pt is the first thing to say
+    if not has_limit:
+        raise no_limit
     out = Path(tc.out_dir)
     device = resolve_device(tc.device)
     if tc.num_threads:
