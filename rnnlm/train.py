@@ -304,8 +304,9 @@ def train(cfg: Config) -> dict:
         # Never write a NaN: a checkpoint must always be a state worth resuming from.
         bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
         if bad:
-            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
-            raise RnnlmError(f"not writing {path}: {', '.join(bad[:3])} hold NaN or inf at step {step}; "
+            where = f"the last good checkpoint is {last_good} (step {last_good_step})" if last_good \
+                else "no checkpoint was written"
+            raise RnnlmError(f"not writing {path}: {', '.join(bad[:3])} hold NaN or inf after step {step}; "
                              f"{where}; lower optim.lr or set optim.clip_grad_norm")
         save_checkpoint(path, {
             "format_version": CHECKPOINT_FORMAT,
@@ -346,7 +347,8 @@ def train(cfg: Config) -> dict:
     bar = tqdm(total=total, initial=step, disable=not tc.progress, dynamic_ncols=True, unit="step")
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     bad_in_a_row = 0
-    last_good = out / "last.pt" if resume else None
+    last_good = out / "last.pt" if resume else None  # the newest last.pt and its step
+    last_good_step = step
     run_start = time.perf_counter() - elapsed
     model.train()
     try:
@@ -394,7 +396,7 @@ def train(cfg: Config) -> dict:
                     # The weights are those of the last good step: save them before stopping.
                     elapsed = time.perf_counter() - run_start
                     checkpoint(out / "last.pt")
-                    last_good = out / "last.pt"
+                    last_good, last_good_step = out / "last.pt", step
                 if stop_signal:
                     raise TrainingInterrupted(stop_signal[0], step, out / "last.pt")
                 if bad_in_a_row >= tc.max_bad_steps:
@@ -440,7 +442,7 @@ def train(cfg: Config) -> dict:
             if step % tc.checkpoint_every == 0:
                 elapsed = time.perf_counter() - run_start
                 checkpoint(out / "last.pt")
-                last_good = out / "last.pt"
+                last_good, last_good_step = out / "last.pt", step
             if stop_signal:
                 elapsed = time.perf_counter() - run_start
                 checkpoint(out / "last.pt")
@@ -448,14 +450,14 @@ def train(cfg: Config) -> dict:
         # The run is over (max_steps, max_epochs or max_minutes): save before evaluating.
         elapsed = time.perf_counter() - run_start
         checkpoint(out / "last.pt")
-        last_good = out / "last.pt"
+        last_good, last_good_step = out / "last.pt", step
     except (RnnlmError, TrainingInterrupted, KeyboardInterrupt):
         raise
     except Exception:
         # A bug, not bad input: the traceback follows; say where the progress is.
-        where = f"{last_good} holds the last checkpoint (resume with --resume)" if last_good \
-            else "no checkpoint was written yet"
-        print(f"training failed at step {step} with an unexpected error; {where}", file=sys.stderr)
+        where = (f"{last_good} holds the last checkpoint, of step {last_good_step} (continue with --resume)"
+                 if last_good else "no checkpoint was written yet")
+        print(f"training failed after step {step} with an unexpected error; {where}", file=sys.stderr)
         raise
     finally:
         bar.close()

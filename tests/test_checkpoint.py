@@ -221,3 +221,38 @@ def test_truncated_and_foreign_files_give_one_line_errors_from_generate_and_eval
         assert "is truncated or corrupt" in seen[name]
     for name in ("random-bytes", "text"):
         assert "is not a PyTorch checkpoint" in seen[name]
+
+
+# ---------------------------------------------------------------------------------------
+# Never lose progress
+
+
+def test_a_bug_inside_training_leaves_the_last_checkpoint_and_says_where(tmp_path, text_file, monkeypatch, capsys):
+    import rnnlm.train
+
+    calls = []
+    get_batch = rnnlm.train.get_batch
+
+    def failing_get_batch(*args):
+        calls.append(1)
+        if len(calls) == 12:
+            raise IndexError("a bug")
+        return get_batch(*args)
+
+    monkeypatch.setattr(rnnlm.train, "get_batch", failing_get_batch)
+    with pytest.raises(IndexError, match="a bug"):
+        train(tiny_config(tmp_path, text_file, "train.checkpoint_every=5"))
+    last = tmp_path / "run" / "last.pt"
+    assert load_checkpoint(last)["step"] == 10
+    assert (f"training failed after step 11 with an unexpected error; {last} holds the last checkpoint, "
+            "of step 10 (continue with --resume)") in capsys.readouterr().err
+    monkeypatch.undo()
+    train(tiny_config(tmp_path, text_file, "train.resume=true"))
+    assert load_checkpoint(last)["step"] == 20
+
+
+def test_a_run_stopped_by_max_minutes_writes_last_pt(tmp_path, text_file):
+    result = train(tiny_config(tmp_path, text_file, "train.max_steps=null", "train.max_minutes=0.002",
+                               "train.checkpoint_every=100000", "train.eval_every=100000"))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == result["steps"] >= 1
