@@ -105,16 +105,22 @@ def read_prompt(args: argparse.Namespace, default: str) -> str:
         try:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise RnnlmError(f"prompt file {str(path)!r} is not UTF-8 (byte {e.start})") from None
-    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty() and not sys.stdin.closed
-                              and _stdin_has_data()):
+            raise RnnlmError(f"prompt file {str(path)!r} is not UTF-8: byte 0x{e.object[e.start]:02x} at offset "
+                             f"{e.start}; save it as UTF-8") from None
+    if args.prompt == "-":
         return sys.stdin.read()
+    if args.prompt is None and _stdin_has_data():
+        # Piped text is the prompt; an empty stdin (/dev/null under cron or CI) is not.
+        return sys.stdin.read() or default
     return default if args.prompt is None else args.prompt
 
 
 def _stdin_has_data() -> bool:
+    """True when text is piped in (not a terminal, ready to read)."""
     import select
     try:
+        if sys.stdin is None or sys.stdin.closed or sys.stdin.isatty():
+            return False
         ready, _, _ = select.select([sys.stdin], [], [], 0)
         return bool(ready)
     except (OSError, ValueError):
@@ -171,6 +177,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--text", metavar="FILE", help="any UTF-8 text file, scored as a whole")
     p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: the run's)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per forward pass")
+    p.add_argument("--encoding", default=None, help="text encoding of --text (default: the run's data.encoding)")
+    p.add_argument("--errors", choices=["strict", "replace", "ignore"], default=None,
+                   help="undecodable bytes in --text (default: the run's data.errors)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
 
@@ -183,11 +192,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1 or args.seq_len < 1:
         raise RnnlmError("--batch-size and --seq-len must be at least 1")
     batch_size = args.batch_size or lm.config.train.batch_size
-    if args.text and not Path(args.text).is_file():
-        raise RnnlmError(f"--text file {args.text!r} not found; pass an existing text file")
     if args.text:
         name = args.text
-        m = score_text_file(lm, args.text, batch_size=batch_size, seq_len=args.seq_len)
+        m = score_text_file(lm, args.text, batch_size=batch_size, seq_len=args.seq_len,
+                            encoding=args.encoding, errors=args.errors)
     else:
         name = args.split or "test"
         m = score_split(lm, name, batch_size=batch_size, seq_len=args.seq_len)

@@ -279,9 +279,18 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise RnnlmError(f"config: {key} must be {_type_name(tp)}, got {shown} ({type(value).__name__})")
 
 
+# Names other tools use for our keys, so a typo of them still finds the right key.
+ALIASES = {"learning_rate": "lr", "n_layers": "num_layers", "nlayers": "num_layers", "layers": "num_layers",
+           "nhid": "hidden_size", "hidden_dim": "hidden_size", "emsize": "embedding_size",
+           "embedding_dim": "embedding_size", "bptt": "seq_len", "block_size": "seq_len", "batch": "batch_size",
+           "clip": "clip_grad_norm", "grad_clip": "clip_grad_norm", "epochs": "max_epochs", "steps": "max_steps",
+           "vocab": "vocab_size", "rnn_type": "cell", "model_type": "cell", "type": "kind", "temp": "temperature"}
+
+
 def _unknown_key(section: str, key: str, valid: list[str]) -> RnnlmError:
     where = f"{section}.{key}" if section else key
-    close = difflib.get_close_matches(key, valid, n=1)
+    aliases = {alias: name for alias, name in ALIASES.items() if name in valid}
+    close = [aliases.get(k, k) for k in difflib.get_close_matches(key, valid + list(aliases), n=1)]
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return RnnlmError(f"config: unknown key {where!r}{hint}; valid keys: {', '.join(valid)}")
 

@@ -122,13 +122,16 @@ def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128) -> di
     return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len)
 
 
-def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128) -> dict:
-    """score_text on a file read with the checkpoint's data.encoding and data.errors."""
+def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encoding: Optional[str] = None,
+                    errors: Optional[str] = None) -> dict:
+    """score_text on a file read with `encoding` and `errors` (default: the checkpoint's
+    data.encoding and data.errors); a bad file is named with the command's flags."""
     from rnnlm.data import read_text
 
     dc = lm.config.data
-    return score_text(lm, read_text(path, encoding=dc.encoding, errors=dc.errors),
-                      batch_size=batch_size, seq_len=seq_len)
+    text = read_text(path, encoding=encoding or dc.encoding, errors=errors or dc.errors, what="text file",
+                     settings=("--text", "--encoding", "--errors"))
+    return score_text(lm, text, batch_size=batch_size, seq_len=seq_len)
 
 
 def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:
