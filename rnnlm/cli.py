@@ -223,7 +223,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(fn=fn)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage mistake already reported in one line
+        return e.code
     return run(args.fn, args)
 
 
@@ -232,7 +235,11 @@ def _single(name: str):
         add_args, fn, help_text = COMMANDS[name]
         parser = ArgumentParser(prog=f"rnnlm-{name}", description=help_text)
         add_args(parser)
-        return run(fn, parser.parse_args(argv))
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            return e.code
+        return run(fn, args)
     return entry
 
 

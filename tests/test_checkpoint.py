@@ -14,11 +14,10 @@ import torch
 
 import rnnlm.checkpoint
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
-from rnnlm.cli import main
 from rnnlm.config import load_config
 from rnnlm.errors import RnnlmError
 from rnnlm.train import train
-from tests.conftest import REPO, read_metrics, tiny_config
+from tests.conftest import REPO, cli_line, read_metrics, tiny_config, tiny_overrides
 
 # ---------------------------------------------------------------------------------------
 # A real training process, killed
@@ -26,11 +25,8 @@ from tests.conftest import REPO, read_metrics, tiny_config
 
 def train_command(tmp_path, text_file, *overrides):
     """`python -m rnnlm.cli train` on the tiny config; one thread, so it shares the machine."""
-    base = [f"data.path={text_file}", "data.url=null", f"data.cache_dir={tmp_path / 'cache'}",
-            "tokenizer.kind=char", "model.hidden_size=32", "model.num_layers=1", "optim.warmup_steps=2",
-            f"train.out_dir={tmp_path / 'run'}", "train.batch_size=4", "train.seq_len=16",
-            "train.max_steps=100000", "train.eval_every=100000", "train.log_every=1",
-            "train.progress=false", "train.device=cpu", "train.num_threads=1"]
+    base = tiny_overrides(tmp_path, text_file) + ["train.max_steps=100000", "train.eval_every=100000",
+                                                  "train.num_threads=1"]
     return [sys.executable, "-m", "rnnlm.cli", "train", *base, *overrides]
 
 
@@ -149,15 +145,6 @@ class RunsCode:
         return (open, (self.marker, "w"))
 
 
-def cli_error(capsys, *argv) -> str:
-    """Run the CLI, expect exit code 2 and one `error:` line on stderr; return the line."""
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    return err.strip()
-
-
 @pytest.mark.parametrize("as_zip", [True, False], ids=["torch.save", "raw-pickle"])
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, capsys, as_zip):
     marker = tmp_path / "the-code-ran"
@@ -170,7 +157,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     with pytest.raises(RnnlmError, match=r"could run code when loaded \(io.open\); refused without loading it"):
         load_checkpoint(path)
     for command in ("generate", "evaluate"):
-        line = cli_error(capsys, command, "--checkpoint", str(path))
+        line = cli_line(capsys, [command, "--checkpoint", str(path)])
         assert "refused" in line
     assert not marker.exists()
     # The file is really armed: an unsafe load runs it.
@@ -208,7 +195,7 @@ def test_truncated_and_foreign_files_give_one_line_errors_from_generate_and_eval
     seen = {}
     for name, path in foreign_files(tmp_path / "run", tmp_path / "run" / "last.pt").items():
         for command in ("generate", "evaluate"):
-            line = cli_error(capsys, command, "--checkpoint", str(path), "--device", "cpu")
+            line = cli_line(capsys, [command, "--checkpoint", str(path), "--device", "cpu"])
             assert str(path) in line
             seen[name] = line
     capsys.readouterr()

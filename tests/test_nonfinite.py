@@ -13,7 +13,7 @@ from rnnlm.cli import main
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM
 from rnnlm.train import train
-from tests.conftest import read_metrics, tiny_config
+from tests.conftest import read_metrics, tiny_config, tiny_overrides
 
 
 class NaNGradient(torch.autograd.Function):
@@ -108,12 +108,9 @@ def test_too_many_bad_steps_in_a_row_stop_with_the_saved_checkpoint_named(tmp_pa
 
 def test_a_learning_rate_that_blows_the_weights_up_never_writes_a_nan(tmp_path, text_file, capsys):
     # Unclipped SGD at lr 1e30 turns the weights to inf in the first step.
-    code = main(["train", *[f"{k}" for k in [
-        f"data.path={text_file}", "data.url=null", f"data.cache_dir={tmp_path / 'cache'}", "tokenizer.kind=char",
-        "model.cell=rnn", "model.hidden_size=32", "model.num_layers=1", "optim.name=sgd", "optim.lr=1e30",
-        "optim.clip_grad_norm=0", "optim.warmup_steps=0", f"train.out_dir={tmp_path / 'run'}",
-        "train.batch_size=4", "train.seq_len=16", "train.max_steps=20", "train.checkpoint_every=1",
-        "train.max_bad_steps=3", "train.progress=false", "train.device=cpu"]]])
+    code = main(["train", *tiny_overrides(tmp_path, text_file), "model.cell=rnn", "optim.name=sgd", "optim.lr=1e30",
+                 "optim.clip_grad_norm=0", "optim.warmup_steps=0", "train.checkpoint_every=1",
+                 "train.max_bad_steps=3"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "NaN or inf" in err and "Traceback" not in err, err
     for path in (tmp_path / "run").glob("*.pt"):
