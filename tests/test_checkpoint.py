@@ -43,7 +43,7 @@ def wait_for(condition, process, timeout=60.0):
         if time.monotonic() > deadline:
             process.kill()
             raise AssertionError("training made no progress in time")
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def checkpoint_step(path):
@@ -198,11 +198,8 @@ def test_truncated_and_foreign_files_give_one_line_errors_from_generate_and_eval
             line = cli_line(capsys, [command, "--checkpoint", str(path), "--device", "cpu"])
             assert str(path) in line
             seen[name] = line
-    capsys.readouterr()
-    with capsys.disabled():
-        print()
-        for name, line in seen.items():
-            print(f"  {name}: {line}")
+    for name, line in seen.items():
+        print(f"{name}: {line}")
     assert "not an rnnlm checkpoint" in seen["plain-tensor"] and "not an rnnlm checkpoint" in seen["dict-of-tensors"]
     for name in ("truncated", "truncated-header"):
         assert "is truncated or corrupt" in seen[name]
