@@ -252,3 +252,11 @@ def test_evaluate_reads_another_encoding_when_told(checkpoints, capsys, tmp_path
     path = write(tmp_path / "text.txt", small_text(4).replace("Pierre", "Pièrre").encode("latin-1"))
     assert main(["evaluate", "--checkpoint", checkpoints["char"], "--text", str(path), "--encoding", "latin-1"]) == 0
     assert "bits/char" in capsys.readouterr().out
+
+
+def test_an_existing_run_directory_is_not_overwritten(tmp_path, text_file, capsys):
+    assert main(["train", *tiny_overrides(tmp_path, text_file), "train.max_steps=2"]) == 0
+    line = train_error(capsys, tmp_path, text_file, "train.max_steps=2")
+    assert line == (f"error: run directory {tmp_path / 'run'} already exists; continue it with --resume "
+                    "(train.resume=true), start over with --overwrite, or set train.out_dir")
+    assert main(["train", *tiny_overrides(tmp_path, text_file), "train.max_steps=2", "--overwrite"]) == 0
