@@ -50,6 +50,10 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def describe() -> str:
+    return f"{world_size()} processes ({dist.get_backend()})" if is_distributed() else "1 process"
+
+
 def is_main() -> bool:
     """Rank 0: the process that prints, logs and writes checkpoints."""
     return rank() == 0

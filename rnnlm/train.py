@@ -183,6 +183,7 @@ def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autoca
                           device=device, max_tokens=max_tokens, autocast=autocast,
                           shard=(ddp.rank(), ddp.world_size()))
     nll, n = ddp.sum_over_ranks(nll, n)
+    n = int(n)
     if max_tokens is not None and ids.numel() > max_tokens + 1:
         text = tokenization.decode(corpus.tokenizer, ids[: max_tokens + 1].tolist())
         chars = len(text)
@@ -267,7 +268,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
         print(dump_config(cfg).rstrip())
         print(f"device {device} | vocab {vocab_size} | {count_parameters(model):,} parameters | "
               f"train {corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {stream_len:,}"
-              + (f" | {ddp.world_size()} processes ({ddp.dist.get_backend()})" if ddp.is_distributed() else "")
+              + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
               + (f" | resuming at step {step}" if resume else ""))
 
     def checkpoint(path: Path) -> None:
