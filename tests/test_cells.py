@@ -203,3 +203,15 @@ def test_unknown_cell_names_valid_ones():
     assert "transformer" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(RnnlmError, match="fast, reference"):
         RecurrentLayer("lstm", I, H, impl="cudnn")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fast_path_under_autocast(kind):
+    layer = RecurrentLayer(kind, I, H)
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = layer(x, None)
+    assert y.dtype == torch.bfloat16 and all(s.dtype == torch.bfloat16 for s in state)
+    y.float().sum().backward()
+    assert layer.cell.weight_ih.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), layer(x, None)[0], atol=0.05, rtol=0.05)

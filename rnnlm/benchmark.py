@@ -1,0 +1,351 @@
+"""Throughput of rnnlm's recurrent layers and language model against torch.nn, side by side.
+
+Everything is measured in one process, contenders alternating: each round times every
+contender once (the order reversed every other round), and the reported number is the
+median over rounds, so a neighbour's load on the shared cores hits all of them alike.
+
+* Training: tokens/s of a full step (forward + backward + AdamW step) of a 2-layer stack
+  of our ``RecurrentLayer`` against ``torch.nn.LSTM/GRU/RNN(num_layers=2)`` of the same
+  sizes (input size = hidden size), and of the whole language model at a config's
+  settings against the same network built on ``torch.nn.LSTM``/GRU/RNN.
+* Generation: tokens/s of ``step`` at batch 1 and batch 16, against torch's layer run
+  one step at a time, and against the time of that step's matrix-vector products alone.
+* The machine's matmul peak: GFLOP/s of a 2048 x 2048 fp32 matmul, timed in every round.
+* Model FLOP utilisation (MFU) = achieved FLOP/s / matmul peak, counting matmul FLOPs:
+  a recurrent layer's forward is 2*B*T*(I+H)*G*H (G gates), the output layer's
+  2*B*T*H*V, and a training step ~3x the forward.
+
+``python scripts/benchmark.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlm.cells import CELLS, RecurrentLayer
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+TORCH_LAYER = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+# (batch, seq_len, hidden, layers): the shapes of issue 3, and tiny ones for --quick.
+SHAPES = [(32, 64, 512, 2), (64, 128, 256, 2)]
+QUICK_SHAPES = [(4, 8, 32, 2)]
+GEN_BATCHES = [1, 16]
+
+
+@dataclass
+class Row:
+    """One line of the table: a contender's throughput on one task and shape."""
+
+    task: str  # "train" | "generate" | "lm train" | "lm generate"
+    contender: str  # e.g. "ours lstm", "torch.nn.LSTM"
+    shape: str
+    tokens_per_s: float
+    flops_per_token: float
+    mfu: float = float("nan")
+    ratio: float = float("nan")  # ours / torch, on the "ours" rows
+    vs_matvec: float = float("nan")  # generation: time per token / matvec-only time per token
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------ timing
+
+
+def interleaved(contenders: dict[str, Callable[[], None]], rounds: int, reps: int) -> dict[str, float]:
+    """Median seconds per call of each contender, timed `reps` calls at a time, alternating."""
+    for fn in contenders.values():  # warm-up: allocator, thread pool, lazy init
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            fn = contenders[name]
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times[name].append((time.perf_counter() - start) / reps)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def matmul_peak(n: int = 2048) -> Callable[[], None]:
+    """A call that does one n x n fp32 matmul (2 n^3 FLOPs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    return lambda: torch.mm(a, b, out=out)
+
+
+# ------------------------------------------------------------------ layer stacks
+
+
+class OurStack(nn.Module):
+    """`num_layers` RecurrentLayers of one cell, input size = hidden size."""
+
+    def __init__(self, cell: str, hidden_size: int, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(RecurrentLayer(cell, hidden_size, hidden_size) for _ in range(num_layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x, _ = layer(x, None)
+        return x
+
+
+class TorchStack(nn.Module):
+    """torch.nn.LSTM/GRU/RNN(num_layers=...): the reference, never used by the model."""
+
+    def __init__(self, cell: str, hidden_size: int, num_layers: int):
+        super().__init__()
+        self.rnn = TORCH_LAYER[cell](hidden_size, hidden_size, num_layers=num_layers)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def train_step_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One forward + backward + AdamW step on a fixed input (which needs grad, as an embedding's output would)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        x.grad = None
+        model(x).square().mean().backward()
+        opt.step()
+
+    return step
+
+
+def layer_flops_per_token(cell: str, input_size: int, hidden_size: int) -> float:
+    """Forward matmul FLOPs of one recurrent layer per token: 2*(I+H)*G*H."""
+    return 2.0 * (input_size + hidden_size) * GATES[cell] * hidden_size
+
+
+def bench_train(cells, shapes, rounds, reps) -> list[Row]:
+    rows = []
+    for B, T, H, L in shapes:
+        shape = f"B={B} T={T} H={H} L={L}"
+        contenders, tokens = {}, B * T
+        for cell in cells:
+            torch.manual_seed(0)
+            x = torch.randn(T, B, H, requires_grad=True)
+            contenders[f"ours {cell}"] = train_step_fn(OurStack(cell, H, L), x)
+            contenders[TORCH_LAYER[cell].__module__.split(".")[0] + f".nn.{TORCH_LAYER[cell].__name__}"] = (
+                train_step_fn(TorchStack(cell, H, L), x)
+            )
+        secs = interleaved(contenders, rounds, reps)
+        for cell in cells:
+            flops = 3 * L * layer_flops_per_token(cell, H, H)
+            ours, ref = secs[f"ours {cell}"], secs[f"torch.nn.{TORCH_LAYER[cell].__name__}"]
+            rows.append(Row("train", f"ours {cell}", shape, tokens / ours, flops, ratio=ref / ours))
+            rows.append(Row("train", f"torch.nn.{TORCH_LAYER[cell].__name__}", shape, tokens / ref, flops))
+    return rows
+
+
+# ------------------------------------------------------------------- generation
+
+
+def matvec_fn(weights: list[torch.Tensor], batch: int) -> Callable[[], None]:
+    """A step's matrix-vector products alone: v @ W^T for each weight, in step's layout."""
+    pairs = [(torch.randn(batch, w.shape[1]), w.detach().t().contiguous(), torch.empty(batch, w.shape[0])) for w in weights]
+
+    def run():
+        for v, w_t, out in pairs:
+            torch.mm(v, w_t, out=out)
+
+    return run
+
+
+def bench_generate(cells, shapes, batches, rounds, reps) -> list[Row]:
+    rows = []
+    for _B, _T, H, L in shapes[:1]:
+        for cell in cells:
+            torch.manual_seed(0)
+            ours, ref = OurStack(cell, H, L).eval(), TorchStack(cell, H, L).eval()
+            weights = [w for layer in ours.layers for w in (layer.cell.weight_ih, layer.cell.weight_hh)]
+            for B in batches:
+                x = torch.randn(B, H)
+                states = [layer.init_state(B) for layer in ours.layers]
+                ref_x = x[None]  # (1, B, H)
+                ref_state = [None]
+
+                @torch.no_grad()
+                def ours_step():
+                    h = x
+                    for i, layer in enumerate(ours.layers):
+                        h, states[i] = layer.step(h, states[i])
+
+                @torch.no_grad()
+                def ref_step():
+                    _, ref_state[0] = ref.rnn(ref_x, ref_state[0])
+
+                name = f"torch.nn.{TORCH_LAYER[cell].__name__}"
+                secs = interleaved({"ours": ours_step, name: ref_step, "matvec": matvec_fn(weights, B)}, rounds, reps)
+                flops = L * layer_flops_per_token(cell, H, H)
+                shape = f"B={B} H={H} L={L}"
+                rows.append(
+                    Row("generate", f"ours {cell}", shape, B / secs["ours"], flops,
+                        ratio=secs[name] / secs["ours"], vs_matvec=secs["ours"] / secs["matvec"])
+                )
+                rows.append(Row("generate", name, shape, B / secs[name], flops, vs_matvec=secs[name] / secs["matvec"]))
+    return rows
+
+
+# --------------------------------------------------------------- language model
+
+
+class TorchLM(nn.Module):
+    """rnnlm.model.RNNLM's network with torch.nn.LSTM/GRU/RNN layers: the reference."""
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        cfg = ours.cfg
+        self.embedding, self.decoder, self.drop = ours.embedding, ours.decoder, ours.drop
+        self.layers = nn.ModuleList(
+            TORCH_LAYER[cfg.cell](layer.input_size, layer.hidden_size) for layer in ours.layers
+        )
+
+    def forward(self, idx, state=None):
+        x = self.drop(F.embedding(idx.t(), self.embedding.weight))  # (T, B, E)
+        state = state or [None] * len(self.layers)
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            x, s = layer(x, s)
+            x = self.drop(x)
+            new_state.append(s)
+        return self.decoder(x.transpose(0, 1)), new_state  # (B, T, V)
+
+
+def lm_train_step_fn(model: nn.Module, idx, target, clip: float) -> Callable[[], None]:
+    """One step as the trainer takes it: cross-entropy, backward, clip_grad_norm_, AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits, _ = model(idx)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+
+    return step
+
+
+def bench_lm(config_path: str, overrides: list[str], rounds: int, reps: int, batches) -> list[Row]:
+    """The whole language model of a config (vocabulary size from tokenizer.vocab_size)."""
+    import copy
+
+    from rnnlm.config import load_config
+    from rnnlm.model import RNNLM
+
+    cfg = load_config(config_path, overrides)
+    m, V, B, T = cfg.model, cfg.tokenizer.vocab_size, cfg.train.batch_size, cfg.train.seq_len
+    torch.manual_seed(0)
+    ours = RNNLM(V, m)
+    ref = TorchLM(copy.deepcopy(ours))
+    idx, target = torch.randint(V, (B, T)), torch.randint(V, (B, T))
+    per_token = sum(layer_flops_per_token(m.cell, layer.input_size, layer.hidden_size) for layer in ours.layers)
+    per_token += 2.0 * m.hidden_size * V  # output layer
+    name = f"torch.nn.{TORCH_LAYER[m.cell].__name__} LM"
+    shape = f"{m.cell} B={B} T={T} H={m.hidden_size} L={m.num_layers} V={V}"
+    clip = cfg.optim.clip_grad_norm or float("inf")
+    ours.train(), ref.train()
+    secs = interleaved(
+        {"ours": lm_train_step_fn(ours, idx, target, clip), name: lm_train_step_fn(ref, idx, target, clip)}, rounds, reps
+    )
+    rows = [
+        Row("lm train", f"ours {m.cell} LM", shape, B * T / secs["ours"], 3 * per_token, ratio=secs[name] / secs["ours"]),
+        Row("lm train", name, shape, B * T / secs[name], 3 * per_token),
+    ]
+    ours.eval(), ref.eval()
+    weights = [w for layer in ours.layers for w in (layer.cell.weight_ih, layer.cell.weight_hh)] + [ours.decoder.weight]
+    for b in batches:
+        token = torch.randint(V, (b,))
+        state, ref_state = [ours.init_state(b)], [None]
+
+        def ours_step():
+            _, state[0] = ours.step(token, state[0])
+
+        @torch.no_grad()
+        def ref_step():
+            _, ref_state[0] = ref(token[:, None], ref_state[0])
+
+        secs = interleaved({"ours": ours_step, name: ref_step, "matvec": matvec_fn(weights, b)}, rounds, reps * 5)
+        gshape = f"{m.cell} B={b} H={m.hidden_size} L={m.num_layers} V={V}"
+        rows.append(Row("lm generate", f"ours {m.cell} LM", gshape, b / secs["ours"], per_token,
+                        ratio=secs[name] / secs["ours"], vs_matvec=secs["ours"] / secs["matvec"]))
+        rows.append(Row("lm generate", name, gshape, b / secs[name], per_token, vs_matvec=secs[name] / secs["matvec"]))
+    return rows
+
+
+# ------------------------------------------------------------------------- main
+
+
+def format_table(rows: list[Row], peak: float, n: int, flush: bool) -> str:
+    head = f"{'task':<12} {'contender':<20} {'shape':<36} {'tokens/s':>10} {'ours/torch':>10} {'MFU':>6} {'vs matvec':>9}"
+    lines = [f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({n}x{n} fp32, median over rounds); "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, flush denormals {'on' if flush else 'off'}", head, "-" * len(head)]
+    fmt = lambda v, spec: format(v, spec) if v == v else ""  # noqa: E731  (blank for NaN)
+    for r in rows:
+        lines.append(
+            f"{r.task:<12} {r.contender:<20} {r.shape:<36} {r.tokens_per_s:>10.0f} {fmt(r.ratio, '>10.2f'):>10} "
+            f"{fmt(100 * r.mfu, '>5.1f') + '%':>6} {fmt(r.vs_matvec, '>8.2f') + ('x' if r.vs_matvec == r.vs_matvec else ''):>9}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke run in seconds")
+    p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (median taken)")
+    p.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated cells to measure")
+    p.add_argument("--config", default="configs/war_and_peace.yaml", help="config for the language-model rows")
+    p.add_argument("--no-lm", action="store_true", help="skip the language-model rows")
+    args = p.parse_args(argv)
+    cells = [c for c in args.cells.split(",") if c]
+    for c in cells:
+        if c not in CELLS:
+            p.error(f"unknown cell {c!r}: valid cells are {', '.join(CELLS)}")
+    # Gradients that vanish through time reach subnormal floats, which the CPU handles
+    # up to 100x slower (measured: a (32, 2048) @ (2048, 512) addmm, 0.6 ms -> 67 ms).
+    # Flushing them to zero is what a CPU trainer wants anyway; same for all contenders.
+    flush = torch.set_flush_denormal(True)
+    quick = args.quick
+    rounds = args.rounds or (1 if quick else 5)
+    shapes = QUICK_SHAPES if quick else SHAPES
+
+    peak_fn = matmul_peak(256 if quick else 2048)
+    n = 256 if quick else 2048
+    peak = 2 * n**3 / interleaved({"peak": peak_fn}, max(rounds, 3), 3)["peak"]
+
+    rows = bench_train(cells, shapes, rounds, reps=1 if quick else 3)
+    rows += bench_generate(cells, shapes, GEN_BATCHES, rounds, reps=5 if quick else 100)
+    if not args.no_lm:
+        lm_overrides = ["model.hidden_size=32", "train.seq_len=8", "train.batch_size=4",
+                        "tokenizer.vocab_size=300"] if quick else []
+        rows += bench_lm(args.config, lm_overrides, rounds, reps=1 if quick else 3, batches=GEN_BATCHES)
+    # The peak again after the run, so a change in the machine's load shows up in it.
+    peak = statistics.median([peak, 2 * n**3 / interleaved({"peak": peak_fn}, max(rounds, 3), 3)["peak"]])
+    for r in rows:
+        r.mfu = r.tokens_per_s * r.flops_per_token / peak
+    print(format_table(rows, peak, n, flush))
+    result = {
+        "matmul_peak_flops": peak,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "quick": quick,
+        "flush_denormal": flush,
+        "rows": [asdict(r) for r in rows],
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result

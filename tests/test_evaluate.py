@@ -1,0 +1,87 @@
+"""Honest numbers: evaluate's bits per character agree with a hand computation."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlm import tokenizer as tokenization
+from rnnlm.cli import main
+from rnnlm.evaluate import eval_streams, score_text
+from rnnlm.sample import load_model_from_checkpoint
+from rnnlm.train import train
+from tests.conftest import small_text, tiny_config
+
+TEXT = "Prince Andrew looked at Natasha.\nNapoleon was the Emperor of the French.\n" * 3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One bpe and one char model, trained briefly on the test text."""
+    root = tmp_path_factory.mktemp("eval")
+    corpus = root / "corpus.txt"
+    corpus.write_text(small_text(), encoding="utf-8")
+    models = {}
+    for kind, extra in (("char", []), ("bpe", ["tokenizer.vocab_size=300"])):
+        cfg = tiny_config(root / kind, corpus, f"tokenizer.kind={kind}", "train.max_steps=30", *extra)
+        train(cfg)
+        models[kind] = load_model_from_checkpoint(root / kind / "run" / "best.pt", "cpu")
+        models[kind].path = root / kind / "run" / "best.pt"
+    return models
+
+
+def hand_bpc(lm, text):
+    """Sum of per-token NLL from one full-length forward pass, over the scored characters."""
+    ids = tokenization.encode(lm.tokenizer, text)
+    with torch.no_grad():
+        logits, _ = lm.model(torch.tensor([ids[:-1]]))  # one stream, the state carried throughout
+        nll = F.cross_entropy(logits[0], torch.tensor(ids[1:]), reduction="sum").item()
+    first = tokenization.decode(lm.tokenizer, ids[:1])
+    return nll / math.log(2) / (len(text) - len(first)), nll / (len(ids) - 1), len(ids) - 1
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_bpc_matches_a_hand_computation(trained, kind):
+    lm = trained[kind]
+    bpc, loss, n_tokens = hand_bpc(lm, TEXT)
+    # One stream with the whole text is the same computation as the hand one...
+    one = score_text(lm, TEXT, batch_size=1, seq_len=16)
+    assert one["bpc"] == pytest.approx(bpc, rel=1e-5)
+    assert one["loss"] == pytest.approx(loss, rel=1e-5)
+    assert one["tokens"] == n_tokens
+    # ...and several streams score every token once, each with a little less context.
+    several = score_text(lm, TEXT, batch_size=4, seq_len=16)
+    assert several["tokens"] == n_tokens
+    assert several["bpc"] == pytest.approx(bpc, rel=0.15)
+
+
+def test_char_bpc_is_loss_over_ln2(trained):
+    m = score_text(trained["char"], TEXT, batch_size=3, seq_len=8)
+    assert m["chars"] == m["tokens"]  # one character per token, the first one given as context
+    assert m["bpc"] == pytest.approx(m["loss"] / math.log(2), rel=1e-9)
+    assert m["perplexity"] == pytest.approx(math.exp(m["loss"]))
+
+
+def test_eval_streams_score_every_token_but_the_first_once():
+    ids = torch.arange(10)
+    inputs, targets = eval_streams(ids, 3, 1)
+    scored = targets[targets != -100].tolist()
+    assert sorted(scored) == list(range(1, 10))
+    for s in range(inputs.size(0)):  # each target follows its input in the text
+        for t in range(inputs.size(1)):
+            if targets[s, t] != -100:
+                assert targets[s, t] == inputs[s, t] + 1
+
+
+def test_evaluate_command_on_a_text_file(trained, tmp_path, capsys):
+    path = tmp_path / "other.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    assert main(["evaluate", "--checkpoint", str(trained["char"].path), "--text", str(path),
+                 "--batch-size", "1", "--seq-len", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = score_text(trained["char"], TEXT, batch_size=1, seq_len=16)
+    assert out["bpc"] == pytest.approx(expected["bpc"]) and out["tokens"] == expected["tokens"]
+    assert main(["evaluate", "--checkpoint", str(trained["char"].path), "--text", str(path)]) == 0
+    assert "bits/char" in capsys.readouterr().out
