@@ -162,8 +162,8 @@ def test_fast_path_under_autocast_gives_fp32_gradients_close_to_fp32(cell):
 
 
 @pytest.mark.skipif(not os.environ.get("RNNLM_SLOW_TESTS"),
-                    reason="torch.compile (inductor) of even a tiny model took ~2 minutes on the 2-core "
-                           "development CPU; set RNNLM_SLOW_TESTS=1 to run")
+                    reason="torch.compile (inductor) makes this test take ~3 minutes on the 2-core "
+                           "development CPU (it passed there); set RNNLM_SLOW_TESTS=1 to run")
 def test_compiled_training_matches_eager(tmp_path, text_file):
     settings = [*SETTINGS, "train.max_steps=3"]
     train(tiny_config(tmp_path, text_file, *settings, f"train.out_dir={tmp_path / 'eager'}"))
