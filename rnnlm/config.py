@@ -184,7 +184,11 @@ class TrainConfig:
     precision: str = "fp32"
     """fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler). Only on CUDA."""
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """Wrap the model in torch.compile (worth it on a GPU; compiling takes minutes on a CPU)."""
+    grad_accum_steps: int = 1
+    """Run each batch as this many groups of batch_size / k streams, one optimizer step (same update, less memory)."""
+    backend: str = "auto"
+    """torch.distributed backend under torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl."""
     num_threads: Optional[int] = None
     """CPU threads for torch (null: torch's default)."""
     resume: bool = False
@@ -197,7 +201,8 @@ class TrainConfig:
     """Stop after this many optimizer steps in a row with a non-finite loss or gradient."""
 
     def __post_init__(self):
-        for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "log_every", "max_bad_steps"):
+        for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "log_every", "max_bad_steps",
+                     "grad_accum_steps"):
             value = getattr(self, name)
             _check(value > 0, f"train.{name}", f"must be positive, got {value}")
         for name in ("max_steps", "max_epochs", "max_minutes", "eval_tokens", "num_threads"):
@@ -207,6 +212,10 @@ class TrainConfig:
                f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         _check(self.precision in ("fp32", "bf16", "fp16"), "train.precision",
                f"must be fp32, bf16 or fp16, got {self.precision!r}")
+        _check(self.batch_size % self.grad_accum_steps == 0, "train.grad_accum_steps",
+               f"must divide train.batch_size ({self.batch_size}), got {self.grad_accum_steps}")
+        _check(self.backend in ("auto", "gloo", "nccl"), "train.backend",
+               f"must be auto, gloo or nccl, got {self.backend!r}")
 
 
 @dataclass

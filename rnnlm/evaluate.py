@@ -51,8 +51,13 @@ def eval_streams(ids: torch.Tensor, num_streams: int, seq_len: int):
 
 @torch.no_grad()
 def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_len: int = 128,
-                 device=None, max_tokens: Optional[int] = None, autocast=None) -> tuple[float, int]:
-    """Total NLL (nats) and the number of scored tokens of `ids` under `model` (eval mode)."""
+                 device=None, max_tokens: Optional[int] = None, autocast=None,
+                 shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
+    """Total NLL (nats) and the number of scored tokens of `ids` under `model` (eval mode).
+
+    ``shard=(i, n)`` scores only the i-th of n contiguous shares of the streams (one per
+    process in distributed training; the sums of all shares are the whole result).
+    """
     if max_tokens is not None:
         ids = ids[: max_tokens + 1]
     if ids.numel() < 2:
@@ -61,6 +66,10 @@ def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_l
     was_training = model.training
     model.eval()
     inputs, targets = eval_streams(ids, batch_size, seq_len)
+    inputs, targets = inputs.tensor_split(shard[1])[shard[0]], targets.tensor_split(shard[1])[shard[0]]
+    if inputs.size(0) == 0:  # fewer streams than shares
+        model.train(was_training)
+        return 0.0, 0
     inputs, targets = inputs.to(device), targets.to(device)
     state = None
     total = torch.zeros((), dtype=torch.float64, device=device)

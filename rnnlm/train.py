@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from rnnlm import distributed as ddp
 from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
 from rnnlm.config import Config, config_from_dict, config_to_dict, dump_config
@@ -34,6 +35,7 @@ from rnnlm.model import RNNLM, count_parameters, detach_state
 # data itself is checked by the hash of its text (so a moved file may still resume);
 # run length, logging, evaluation, checkpointing and optimizer settings may change.
 RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size")
+LIMIT_NEEDED = "training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes"
 
 
 class TrainingInterrupted(Exception):
@@ -231,8 +233,13 @@ def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autoca
                   max_tokens: Optional[int] = None) -> dict:
     """loss / perplexity / bpc of `model` on one split of the corpus."""
     ids = corpus.ids[split]
+    # Distributed: each rank scores its share of the streams; the sums are added up, so
+    # every rank gets the same numbers (and makes the same best-checkpoint decision).
     nll, n = evaluate_ids(model, ids, batch_size=cfg.train.batch_size, seq_len=max(cfg.train.seq_len, 64),
-                          device=device, max_tokens=max_tokens, autocast=autocast)
+                          device=device, max_tokens=max_tokens, autocast=autocast,
+                          shard=(ddp.rank(), ddp.world_size()))
+    nll, n = ddp.sum_over_ranks(nll, n)
+    n = int(n)
     if max_tokens is not None and ids.numel() > max_tokens + 1:
         text = tokenization.decode(corpus.tokenizer, ids[: max_tokens + 1].tolist())
         chars = len(text)
@@ -247,34 +254,48 @@ def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autoca
 
 
 def train(cfg: Config) -> dict:
-    """Train a model as configured; return the final metrics (validation and test)."""
+    """Train a model as configured; return the final metrics (validation and test).
+
+    Under torchrun this is one of N data-parallel processes (see rnnlm.distributed).
+    """
     tc = cfg.train
-    no_limit = RnnlmError("training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes")
-    has_limit = bool(tc.max_steps or tc.max_epochs or tc.max_minutes)
-    if not has_limit and not tc.resume:
-        raise no_limit
-    resume = prepare_run_dir(cfg)  # when resuming, a missing or foreign last.pt is the first thing to say
-    if not has_limit:
-        raise no_limit
+    if not (tc.max_steps or tc.max_epochs or tc.max_minutes or tc.resume):
+        raise RnnlmError(LIMIT_NEEDED)
+    device = ddp.local_device(resolve_device(tc.device), tc.device)  # torchrun on GPUs: cuda:LOCAL_RANK
+    with ddp.process_group(tc.backend, device):  # a no-op without torchrun
+        return _train(cfg, device)
+
+
+def _train(cfg: Config, device: torch.device) -> dict:
+    tc = cfg.train
+    ddp.check_batch_split(tc.batch_size, tc.grad_accum_steps)
+    with ddp.main_first():  # distributed: rank 0 checks and cleans out_dir first; the others then resume
+        resume = prepare_run_dir(cfg) if ddp.is_main() else (load_checkpoint(Path(tc.out_dir) / "last.pt")
+                                                              if tc.resume else None)
+    if not (tc.max_steps or tc.max_epochs or tc.max_minutes):  # resuming: a missing last.pt was said first
+        raise RnnlmError(LIMIT_NEEDED)
     out = Path(tc.out_dir)
-    device = resolve_device(tc.device)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     torch.manual_seed(tc.seed)
     autocast = autocast_context(device, tc.precision)
 
     # --- data: tokenizer trained on the train split (or taken from the checkpoint)
-    corpus = load_training_corpus(cfg, tokenizer_json=resume["tokenizer"] if resume else None, progress=tc.progress)
+    with ddp.main_first():  # distributed: rank 0 fills the token cache, the others read it
+        corpus = load_training_corpus(cfg, tokenizer_json=resume["tokenizer"] if resume else None,
+                                      progress=tc.progress and ddp.is_main())
     if resume is not None and resume.get("text_hash") != corpus.text_hash:
         raise RnnlmError(f"cannot resume {out / 'last.pt'}: the text of {cfg.data.path} (after data.encoding/"
                          "data.errors) differs from the one this run was trained on; point data.path at that text")
     vocab_size = corpus.tokenizer.get_vocab_size()
     check_enough_tokens(corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
-    train_data = batchify(corpus.ids["train"], tc.batch_size).to(device)  # (B, N)
+    train_data = batchify(corpus.ids["train"], tc.batch_size)  # (B, N)
+    train_data = ddp.shard_rows(train_data).to(device)  # distributed: this rank's B/world streams
     stream_len = train_data.size(1)
 
     # --- model and optimizer
     model = RNNLM(vocab_size, cfg.model).to(device)
+    ddp.seed_per_rank(tc.seed)  # distributed: same initial weights, each rank its own dropout masks
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
     step, epoch, position, tokens_seen, elapsed, bad_steps_skipped = 0, 0, 0, 0, 0.0, 0
@@ -288,43 +309,56 @@ def train(cfg: Config) -> dict:
         step, epoch, position = resume["step"], resume["epoch"], resume["position"]
         tokens_seen, elapsed = resume["tokens_seen"], resume["elapsed_seconds"]
         bad_steps_skipped, best_val_loss = resume["bad_steps_skipped"], resume["best_val_loss"]
-        if resume["hidden"] is not None:
-            hidden = [tuple(t.to(device) for t in layer) for layer in resume["hidden"]]
-        set_rng_state(resume["rng"], device)
-    train_model = torch.compile(model) if tc.compile else model
+        if resume["hidden"] is not None:  # the global batch's state; distributed: this rank's rows
+            hidden = ddp.shard_state([tuple(t.to(device) for t in layer) for layer in resume["hidden"]])
+        rng = ddp.own_rng_state(resume)
+        if rng is not None:
+            set_rng_state(rng, device)
+    train_model = ddp.wrap_model(model, device)  # DistributedDataParallel under torchrun
+    train_model = torch.compile(train_model) if tc.compile else train_model
 
-    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    (out / "tokenizer.json").write_text(tokenization.to_json(corpus.tokenizer), encoding="utf-8")
-    print(dump_config(cfg).rstrip())
-    print(f"device {device} | vocab {vocab_size} | {count_parameters(model):,} parameters | "
-          f"train {corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {stream_len:,}"
-          + (f" | resuming at step {step}" if resume else ""))
+    if ddp.is_main():
+        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        (out / "tokenizer.json").write_text(tokenization.to_json(corpus.tokenizer), encoding="utf-8")
+        print(dump_config(cfg).rstrip())
+        print(f"device {device} | vocab {vocab_size} | {count_parameters(model):,} parameters | "
+              f"train {corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {stream_len:,}"
+              + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
+              + (f" | resuming at step {step}" if resume else ""))
 
     def checkpoint(path: Path) -> None:
         # Never write a NaN: a checkpoint must always be a state worth resuming from.
+        # (Every rank holds the same weights, so every rank decides alike.)
         bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
         if bad:
             where = f"the last good checkpoint is {last_good} (step {last_good_step})" if last_good \
                 else "no checkpoint was written"
             raise RnnlmError(f"not writing {path}: {', '.join(bad[:3])} hold NaN or inf after step {step}; "
                              f"{where}; lower optim.lr or set optim.clip_grad_norm")
-        save_checkpoint(path, {
-            "format_version": CHECKPOINT_FORMAT,
-            "model": unwrap_model(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "config": config_to_dict(cfg),
-            "tokenizer": tokenization.to_json(corpus.tokenizer),
-            "vocab_size": vocab_size,
-            "step": step, "epoch": epoch, "position": position,
-            "tokens_seen": tokens_seen, "elapsed_seconds": elapsed,
-            "bad_steps_skipped": bad_steps_skipped, "best_val_loss": best_val_loss,
-            "hidden": [list(layer) for layer in hidden] if hidden is not None else None,
-            "rng": rng_state(device),
-            "text_hash": corpus.text_hash,
-        })
+        # Every rank calls this (the state and RNG gathers are collectives); rank 0 writes.
+        global_hidden = ddp.gather_state(hidden)
+        rngs = ddp.gather_objects(rng_state(device))
+        if ddp.is_main():
+            save_checkpoint(path, {
+                "format_version": CHECKPOINT_FORMAT,
+                "model": unwrap_model(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "config": config_to_dict(cfg),
+                "tokenizer": tokenization.to_json(corpus.tokenizer),
+                "vocab_size": vocab_size,
+                "step": step, "epoch": epoch, "position": position,
+                "tokens_seen": tokens_seen, "elapsed_seconds": elapsed,
+                "bad_steps_skipped": bad_steps_skipped, "best_val_loss": best_val_loss,
+                "hidden": [list(layer) for layer in global_hidden] if global_hidden is not None else None,
+                "rng": rngs[0], "rng_per_rank": rngs,
+                "text_hash": corpus.text_hash,
+            })
+        ddp.barrier()  # nobody reads the file before it is complete
 
     def log(record: dict) -> None:
+        if not ddp.is_main():
+            return
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -344,7 +378,8 @@ def train(cfg: Config) -> dict:
 
     batches_per_epoch = math.ceil((stream_len - 1) / tc.seq_len)
     total = tc.max_steps or (int(tc.max_epochs * batches_per_epoch) if tc.max_epochs else None)
-    bar = tqdm(total=total, initial=step, disable=not tc.progress, dynamic_ncols=True, unit="step")
+    bar = tqdm(total=total, initial=step, disable=not (tc.progress and ddp.is_main()), dynamic_ncols=True,
+               unit="step")
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     bad_in_a_row = 0
     last_good = out / "last.pt" if resume else None  # the newest last.pt and its step
@@ -353,7 +388,7 @@ def train(cfg: Config) -> dict:
     model.train()
     try:
         while True:
-            elapsed = time.perf_counter() - run_start
+            elapsed = ddp.from_main(time.perf_counter() - run_start)  # all ranks: same lr, same time limit
             epoch_float = epoch + position / max(1, stream_len - 1)
             if ((tc.max_steps and step >= tc.max_steps) or (tc.max_epochs and epoch_float >= tc.max_epochs)
                     or (tc.max_minutes and elapsed >= 60 * tc.max_minutes)):
@@ -367,15 +402,24 @@ def train(cfg: Config) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            with autocast():
-                logits, new_hidden = train_model(x, hidden)  # (B, T, V)
-                loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), y.reshape(-1))
+            # Gradient accumulation: this rank's streams as k groups of B/k, one after another,
+            # each carrying its own state; each loss is divided by k, so the summed gradients
+            # are those of the mean over all the streams (k = 1: one plain forward/backward).
+            k = tc.grad_accum_steps
             optimizer.zero_grad(set_to_none=True)
+            loss, new_hidden = torch.zeros((), device=device), []
+            for i, (x_i, y_i, hidden_i) in enumerate(ddp.micro_batches(x, y, hidden, k)):
+                with ddp.grad_sync(train_model, sync=i == k - 1):  # DDP all-reduces after the last group
+                    with autocast():
+                        logits, hidden_i = train_model(x_i, hidden_i)  # (B/k, T, V)
+                        loss_i = F.cross_entropy(logits.float().reshape(-1, vocab_size), y_i.reshape(-1)) / k
+                    (scaler.scale(loss_i) if scaler is not None else loss_i).backward()
+                loss += loss_i.detach()
+                new_hidden.append(hidden_i)
+            new_hidden = ddp.cat_states(new_hidden)
+            loss = ddp.mean(loss)  # distributed: the global batch's loss, the same on every rank
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-            else:
-                loss.backward()
             # clip_grad_norm_ returns the norm before clipping; inf = measure only.
             max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -391,14 +435,17 @@ def train(cfg: Config) -> dict:
                 bad_in_a_row += 1
                 position += x.size(1)
                 new_hidden = detach_state(new_hidden)
-                hidden = new_hidden if all_finite(*(t for layer in new_hidden for t in layer)) else None
-                if stop_signal or bad_in_a_row >= tc.max_bad_steps:
+                finite = all_finite(*(t for layer in new_hidden for t in layer))
+                finite = float(ddp.mean(torch.tensor(float(finite)))) == 1.0  # all ranks decide alike
+                hidden = new_hidden if finite else None
+                signum = int(ddp.from_main(stop_signal[0] if stop_signal else 0))
+                if signum or bad_in_a_row >= tc.max_bad_steps:
                     # The weights are those of the last good step: save them before stopping.
                     elapsed = time.perf_counter() - run_start
                     checkpoint(out / "last.pt")
                     last_good, last_good_step = out / "last.pt", step
-                if stop_signal:
-                    raise TrainingInterrupted(stop_signal[0], step, out / "last.pt")
+                if signum:
+                    raise TrainingInterrupted(signum, step, out / "last.pt")
                 if bad_in_a_row >= tc.max_bad_steps:
                     raise RnnlmError(f"stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
                                      f"(after step {step}); the last good weights (step {step}) are saved in "
@@ -413,11 +460,11 @@ def train(cfg: Config) -> dict:
             hidden = detach_state(new_hidden)
             step += 1
             position += x.size(1)
-            tokens_seen += x.numel()
+            tokens_seen += x.numel() * ddp.world_size()  # the global batch
 
             window_loss += loss.item()
             window_steps += 1
-            window_tokens += x.numel()
+            window_tokens += x.numel() * ddp.world_size()
             if step % tc.log_every == 0:
                 now = time.perf_counter()
                 train_loss = window_loss / window_steps
@@ -434,7 +481,8 @@ def train(cfg: Config) -> dict:
                 val = split_metrics(model, corpus, "valid", cfg, device, autocast, tc.eval_tokens)
                 log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
                      "seconds": round(time.perf_counter() - run_start, 2)})
-                bar.write(f"step {step}: " + format_metrics("valid", val))
+                if ddp.is_main():
+                    bar.write(f"step {step}: " + format_metrics("valid", val))
                 elapsed = time.perf_counter() - run_start
                 if val["loss"] < best_val_loss:
                     best_val_loss = val["loss"]
@@ -443,10 +491,11 @@ def train(cfg: Config) -> dict:
                 elapsed = time.perf_counter() - run_start
                 checkpoint(out / "last.pt")
                 last_good, last_good_step = out / "last.pt", step
-            if stop_signal:
+            signum = int(ddp.from_main(stop_signal[0] if stop_signal else 0))  # all ranks stop together
+            if signum:
                 elapsed = time.perf_counter() - run_start
                 checkpoint(out / "last.pt")
-                raise TrainingInterrupted(stop_signal[0], step, out / "last.pt")
+                raise TrainingInterrupted(signum, step, out / "last.pt")
         # The run is over (max_steps, max_epochs or max_minutes): save before evaluating.
         elapsed = time.perf_counter() - run_start
         checkpoint(out / "last.pt")
@@ -468,8 +517,9 @@ def train(cfg: Config) -> dict:
     val = split_metrics(model, corpus, "valid", cfg, device, autocast)
     log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
          "seconds": round(elapsed, 2)})
-    print(f"step {step}: " + format_metrics("valid", val))
-    if val["loss"] < best_val_loss or not (out / "best.pt").exists():
+    if ddp.is_main():
+        print(f"step {step}: " + format_metrics("valid", val))
+    if val["loss"] < best_val_loss or not ddp.from_main((out / "best.pt").exists()):
         best_val_loss = val["loss"]
         checkpoint(out / "best.pt")
         checkpoint(out / "last.pt")  # again, so a resumed run knows the best loss so far
@@ -477,9 +527,10 @@ def train(cfg: Config) -> dict:
     model.load_state_dict(best["model"])
     test = split_metrics(model, corpus, "test", cfg, device, autocast)
     minutes = (time.perf_counter() - run_start) / 60
-    print(f"trained {step} steps, {tokens_seen:,} tokens in {minutes:.1f} min"
-          + (f" ({bad_steps_skipped} non-finite steps skipped)" if bad_steps_skipped else ""))
-    print(f"best checkpoint {out / 'best.pt'} (step {best['step']}): " + format_metrics("test", test))
+    if ddp.is_main():
+        print(f"trained {step} steps, {tokens_seen:,} tokens in {minutes:.1f} min"
+              + (f" ({bad_steps_skipped} non-finite steps skipped)" if bad_steps_skipped else ""))
+        print(f"best checkpoint {out / 'best.pt'} (step {best['step']}): " + format_metrics("test", test))
     return {"valid": val, "test": test, "steps": step, "tokens": tokens_seen, "minutes": minutes,
             "best_step": best["step"], "out_dir": str(out)}
 
