@@ -164,6 +164,8 @@ class RecurrentLayer(nn.Module):
         self.cell = CELLS[cell](input_size, hidden_size)
         # Transposed weights for `step`, rebuilt whenever a parameter changes (see _step_weights).
         self._step_cache: tuple | None = None
+        # Large buffers of the fast path, reused from call to call (see fused.Workspace).
+        self._workspace = fused.Workspace()
 
     def extra_repr(self) -> str:
         return f"{self.cell_name!r}, weight_drop={self.weight_drop}, impl={self.impl!r}"
@@ -187,7 +189,9 @@ class RecurrentLayer(nn.Module):
         weight_hh = self._weight_hh()
         if self.impl == "fast":
             c = self.cell
-            return fused.run(self.cell_name, x, tuple(state), c.weight_ih, weight_hh, c.bias_ih, c.bias_hh)
+            return fused.run(
+                self.cell_name, x, tuple(state), c.weight_ih, weight_hh, c.bias_ih, c.bias_hh, ws=self._workspace
+            )
         ys = []
         for t in range(T):
             state = self.cell(x[t], state, weight_hh=weight_hh)

@@ -11,10 +11,12 @@ would run code is refused without running it. Keys:
     config           the run's config as plain types
     tokenizer        the tokenizer as its JSON string
     vocab_size       int
-    step, epoch, batch_index, tokens_seen, elapsed_seconds, bad_steps_skipped
+    step, epoch, position (the offset of the next batch in every stream),
+    tokens_seen, elapsed_seconds, bad_steps_skipped
     best_val_loss    float (inf before the first evaluation)
-    hidden           the carried hidden state: list (layers) of lists of tensors
-    rng              torch (and CUDA) generator states
+    hidden           the carried hidden state of the whole (global) batch: list (layers) of lists of tensors
+    rng              torch (and CUDA) generator states (rank 0's under torchrun)
+    rng_per_rank     list of every rank's generator states (one entry in a single process)
     text_hash        hash of the cleaned training text, so resume can refuse other data
 
 Tensors are moved to the CPU before saving, so a GPU-trained model loads anywhere.
@@ -23,8 +25,9 @@ Tensors are moved to the CPU before saving, so a GPU-trained model loads anywher
 from __future__ import annotations
 
 import os
-import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +68,38 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
     either the old complete file or the new complete file, never half of one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(to_cpu(checkpoint), f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise RnnlmError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept}; "
+                             "free some disk space or set train.out_dir to a writable place") from None
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself survive a power cut (POSIX; not possible on Windows).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
@@ -88,16 +111,11 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if path.is_dir():
         raise RnnlmError(f"checkpoint {str(path)!r} is a directory; pass a file such as {path / 'best.pt'}")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only" in str(e):
-            raise RnnlmError(f"checkpoint {str(path)!r} holds Python objects that could run code when "
-                             "loaded; refused (rnnlm checkpoints hold only tensors and plain types)") from None
-        raise RnnlmError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint ({_first_line(e)}); "
-                         "use another file, e.g. best.pt or last.pt") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, KeyError) as e:
-        raise RnnlmError(f"checkpoint {str(path)!r} is truncated, corrupt or not a PyTorch file "
-                         f"({_first_line(e)}); use another file, e.g. best.pt or last.pt") from None
+        with warnings.catch_warnings():  # torch's remarks on a foreign file; our one line says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # the unpickler fails in all sorts of ways on foreign bytes
+        raise RnnlmError(_unloadable(path, e)) from None
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED_KEYS):
         raise RnnlmError(f"checkpoint {str(path)!r} is not an rnnlm checkpoint (missing keys); "
                          "pass a last.pt or best.pt written by rnnlm training")
@@ -107,6 +125,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return checkpoint
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+def _unloadable(path: Path, e: Exception) -> str:
+    """Why torch.load(weights_only=True) refused `path`, in one line."""
+    name = repr(str(path))
+    code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if code:
+        return (f"checkpoint {name} holds Python objects that could run code when loaded ({code.group(1)}); "
+                "refused without loading it: rnnlm checkpoints hold only tensors and plain types")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return f"checkpoint {name} is empty; use another file, e.g. best.pt or last.pt"
+    if head == b"PK\x03\x04":  # torch.save writes a zip archive
+        return (f"checkpoint {name} is truncated or corrupt (an incomplete PyTorch file); "
+                "use another file, e.g. best.pt or last.pt")
+    return (f"checkpoint {name} is not a PyTorch checkpoint (not written by torch.save); "
+            "pass a last.pt or best.pt written by rnnlm training")

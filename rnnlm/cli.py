@@ -1,7 +1,8 @@
 """Command line: `rnnlm train | generate | evaluate` (also `rnnlm-train`, ... and scripts/*.py).
 
 Every user-facing failure is an RnnlmError, printed here as one line `error: ...` with
-exit status 2; an interrupted training run exits with 130 after saving its checkpoint.
+exit status 2 (a mistyped option too); a training run stopped by SIGINT or SIGTERM exits
+with 128 + the signal number (130, 143) after saving its checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
     sys.stderr.write(f"warning: {message}\n")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one `error:` line like every other."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command, turning user errors into one line and a non-zero exit code."""
     from rnnlm.train import TrainingInterrupted
@@ -32,7 +40,7 @@ def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> in
         return 2
     except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
-        return 130
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -56,13 +64,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rnnlm.train import train
 
     overrides = list(args.overrides)
+    config = args.config
     if args.resume is not None:
         overrides.append("train.resume=true")
         if args.resume:
             overrides.append(f"train.out_dir={args.resume}")
+            # `--resume RUN_DIR` alone continues with the run's own resolved config.
+            if config is None and (Path(args.resume) / "config.yaml").is_file():
+                config = Path(args.resume) / "config.yaml"
     if args.overwrite:
         overrides.append("train.overwrite=true")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(config, overrides)
     train(cfg)
     return 0
 
@@ -96,16 +108,22 @@ def read_prompt(args: argparse.Namespace, default: str) -> str:
         try:
             return path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise RnnlmError(f"prompt file {str(path)!r} is not UTF-8 (byte {e.start})") from None
-    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty() and not sys.stdin.closed
-                              and _stdin_has_data()):
+            raise RnnlmError(f"prompt file {str(path)!r} is not UTF-8: byte 0x{e.object[e.start]:02x} at offset "
+                             f"{e.start}; save it as UTF-8") from None
+    if args.prompt == "-":
         return sys.stdin.read()
+    if args.prompt is None and _stdin_has_data():
+        # Piped text is the prompt; an empty stdin (/dev/null under cron or CI) is not.
+        return sys.stdin.read() or default
     return default if args.prompt is None else args.prompt
 
 
 def _stdin_has_data() -> bool:
+    """True when text is piped in (not a terminal, ready to read)."""
     import select
     try:
+        if sys.stdin is None or sys.stdin.closed or sys.stdin.isatty():
+            return False
         ready, _, _ = select.select([sys.stdin], [], [], 0)
         return bool(ready)
     except (OSError, ValueError):
@@ -133,8 +151,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = read_prompt(args, sc.prompt)
     separator = " " if lm.config.tokenizer.kind == "word" else ""
     if args.num_samples == 1:
-        print_stream(prompt + separator)
-        generate(lm, prompt, on_text=print_stream, **opts)
+        # The prompt is shown with the first new text, so a bad option or prompt prints nothing.
+        shown = []
+
+        def show(piece: str) -> None:
+            if not shown:
+                print_stream(prompt + separator)
+                shown.append(True)
+            print_stream(piece)
+
+        generate(lm, prompt, on_text=show, **opts)
+        if not shown:
+            print_stream(prompt)
         print()
     else:
         for i, text in enumerate(generate(lm, prompt, **opts)):
@@ -154,6 +182,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--text", metavar="FILE", help="any UTF-8 text file, scored as a whole")
     p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: the run's)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per forward pass")
+    p.add_argument("--encoding", default=None, help="text encoding of --text (default: the run's data.encoding)")
+    p.add_argument("--errors", choices=["strict", "replace", "ignore"], default=None,
+                   help="undecodable bytes in --text (default: the run's data.errors)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
 
@@ -168,7 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or lm.config.train.batch_size
     if args.text:
         name = args.text
-        m = score_text_file(lm, args.text, batch_size=batch_size, seq_len=args.seq_len)
+        m = score_text_file(lm, args.text, batch_size=batch_size, seq_len=args.seq_len,
+                            encoding=args.encoding, errors=args.errors)
     else:
         name = args.split or "test"
         m = score_split(lm, name, batch_size=batch_size, seq_len=args.seq_len)
@@ -346,25 +378,36 @@ COMMANDS = {
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="rnnlm", description="Recurrent-network language models in PyTorch.")
+    parser = ArgumentParser(prog="rnnlm", description="Recurrent-network language models in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(fn=fn)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage mistake already reported in one line
+        return e.code
     return run(args.fn, args)
 
 
 def _single(name: str):
     def entry(argv: Optional[list[str]] = None) -> int:
         add_args, fn, help_text = COMMANDS[name]
-        parser = argparse.ArgumentParser(prog=f"rnnlm-{name}", description=help_text)
+        parser = ArgumentParser(prog=f"rnnlm-{name}", description=help_text)
         add_args(parser)
-        return run(fn, parser.parse_args(argv))
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            return e.code
+        return run(fn, args)
     return entry
 
 
 train_main = _single("train")
 generate_main = _single("generate")
 evaluate_main = _single("evaluate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

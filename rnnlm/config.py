@@ -184,7 +184,11 @@ class TrainConfig:
     precision: str = "fp32"
     """fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler). Only on CUDA."""
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """Wrap the model in torch.compile (worth it on a GPU; compiling takes minutes on a CPU)."""
+    grad_accum_steps: int = 1
+    """Run each batch as this many groups of batch_size / k streams, one optimizer step (same update, less memory)."""
+    backend: str = "auto"
+    """torch.distributed backend under torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl."""
     num_threads: Optional[int] = None
     """CPU threads for torch (null: torch's default)."""
     resume: bool = False
@@ -199,7 +203,8 @@ class TrainConfig:
     """Also log metrics to out_dir/tensorboard (needs the tensorboard package; else a warning)."""
 
     def __post_init__(self):
-        for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "log_every", "max_bad_steps"):
+        for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "log_every", "max_bad_steps",
+                     "grad_accum_steps"):
             value = getattr(self, name)
             _check(value > 0, f"train.{name}", f"must be positive, got {value}")
         for name in ("max_steps", "max_epochs", "max_minutes", "eval_tokens", "num_threads"):
@@ -209,6 +214,10 @@ class TrainConfig:
                f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         _check(self.precision in ("fp32", "bf16", "fp16"), "train.precision",
                f"must be fp32, bf16 or fp16, got {self.precision!r}")
+        _check(self.batch_size % self.grad_accum_steps == 0, "train.grad_accum_steps",
+               f"must divide train.batch_size ({self.batch_size}), got {self.grad_accum_steps}")
+        _check(self.backend in ("auto", "gloo", "nccl"), "train.backend",
+               f"must be auto, gloo or nccl, got {self.backend!r}")
 
 
 @dataclass
@@ -281,9 +290,18 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise RnnlmError(f"config: {key} must be {_type_name(tp)}, got {shown} ({type(value).__name__})")
 
 
+# Names other tools use for our keys, so a typo of them still finds the right key.
+ALIASES = {"learning_rate": "lr", "n_layers": "num_layers", "nlayers": "num_layers", "layers": "num_layers",
+           "nhid": "hidden_size", "hidden_dim": "hidden_size", "emsize": "embedding_size",
+           "embedding_dim": "embedding_size", "bptt": "seq_len", "block_size": "seq_len", "batch": "batch_size",
+           "clip": "clip_grad_norm", "grad_clip": "clip_grad_norm", "epochs": "max_epochs", "steps": "max_steps",
+           "vocab": "vocab_size", "rnn_type": "cell", "model_type": "cell", "type": "kind", "temp": "temperature"}
+
+
 def _unknown_key(section: str, key: str, valid: list[str]) -> RnnlmError:
     where = f"{section}.{key}" if section else key
-    close = difflib.get_close_matches(key, valid, n=1)
+    aliases = {alias: name for alias, name in ALIASES.items() if name in valid}
+    close = [aliases.get(k, k) for k in difflib.get_close_matches(key, valid + list(aliases), n=1)]
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return RnnlmError(f"config: unknown key {where!r}{hint}; valid keys: {', '.join(valid)}")
 

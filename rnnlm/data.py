@@ -81,40 +81,47 @@ def _remove(path) -> None:
         pass
 
 
-def read_text(path, encoding: str = "utf-8", errors: str = "strict") -> str:
+def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: str = "data file",
+              settings: tuple[str, str, str] = ("data.path", "data.encoding", "data.errors")) -> str:
     """The text of a file, or a one-line RnnlmError saying what is wrong and how to fix it.
 
+    `what` names the file in messages and `settings` the (path, encoding, errors) options a
+    user changes to fix it: config keys for the training data, flags for a command's file.
     A leading byte-order mark is dropped: it marks the encoding, it is not text.
     """
     path = Path(path)
+    set_path, set_encoding, set_errors = settings
     if not path.exists():
-        raise RnnlmError(f"data file {path} does not exist; set data.path to a text file, or data.url to download one there")
+        fetch = ", or data.url to download one there" if set_path == "data.path" else ""
+        raise RnnlmError(f"{what} {path} does not exist; set {set_path} to a text file{fetch}")
     if path.is_dir():
-        raise RnnlmError(f"data path {path} is a directory; set data.path to a text file inside it")
+        raise RnnlmError(f"{what} {path} is a directory; set {set_path} to a text file inside it")
     try:
         codec = codecs.lookup(encoding)
         codecs.lookup_error(errors)
     except LookupError as e:
-        raise RnnlmError(f"{e}; set data.encoding to e.g. utf-8 or latin-1 and data.errors to strict, replace or ignore") from None
+        raise RnnlmError(f"{e}; set {set_encoding} to e.g. utf-8 or latin-1 and {set_errors} to strict, replace "
+                         "or ignore") from None
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise RnnlmError(f"cannot read data file {path} ({e.strerror}); check its permissions or set data.path to another file") from None
+        raise RnnlmError(f"cannot read {what} {path} ({e.strerror}); check its permissions or set {set_path} "
+                         "to another file") from None
     # NUL bytes do not occur in text, except in the UTF-16/32 encodings.
     if not codec.name.startswith(("utf-16", "utf-32")) and b"\x00" in data[:8192]:
-        raise RnnlmError(f"data file {path} looks binary (it has NUL bytes); set data.path to a plain text file")
+        raise RnnlmError(f"{what} {path} looks binary (it has NUL bytes); set {set_path} to a plain text file")
     try:
         text = data.decode(encoding, errors)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise RnnlmError(
-            f"data file {path} is not valid {encoding}: byte 0x{data[e.start]:02x} at offset {e.start} "
-            f"(line {line}); set data.encoding to the file's encoding (e.g. latin-1) or data.errors=replace"
+            f"{what} {path} is not valid {encoding}: byte 0x{data[e.start]:02x} at offset {e.start} "
+            f"(line {line}); set {set_encoding} to the file's encoding (e.g. latin-1) or {set_errors}=replace"
         ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
-        raise RnnlmError(f"data file {path} is empty (or only whitespace); set data.path to a file with text in it")
+        raise RnnlmError(f"{what} {path} is empty (or only whitespace); set {set_path} to a file with text in it")
     return text
 
 

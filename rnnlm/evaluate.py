@@ -51,8 +51,13 @@ def eval_streams(ids: torch.Tensor, num_streams: int, seq_len: int):
 
 @torch.no_grad()
 def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_len: int = 128,
-                 device=None, max_tokens: Optional[int] = None, autocast=None) -> tuple[float, int]:
-    """Total NLL (nats) and the number of scored tokens of `ids` under `model` (eval mode)."""
+                 device=None, max_tokens: Optional[int] = None, autocast=None,
+                 shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
+    """Total NLL (nats) and the number of scored tokens of `ids` under `model` (eval mode).
+
+    ``shard=(i, n)`` scores only the i-th of n contiguous shares of the streams (one per
+    process in distributed training; the sums of all shares are the whole result).
+    """
     if max_tokens is not None:
         ids = ids[: max_tokens + 1]
     if ids.numel() < 2:
@@ -61,6 +66,10 @@ def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_l
     was_training = model.training
     model.eval()
     inputs, targets = eval_streams(ids, batch_size, seq_len)
+    inputs, targets = inputs.tensor_split(shard[1])[shard[0]], targets.tensor_split(shard[1])[shard[0]]
+    if inputs.size(0) == 0:  # fewer streams than shares
+        model.train(was_training)
+        return 0.0, 0
     inputs, targets = inputs.to(device), targets.to(device)
     state = None
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -122,13 +131,16 @@ def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128) -> di
     return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len)
 
 
-def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128) -> dict:
-    """score_text on a file read with the checkpoint's data.encoding and data.errors."""
+def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encoding: Optional[str] = None,
+                    errors: Optional[str] = None) -> dict:
+    """score_text on a file read with `encoding` and `errors` (default: the checkpoint's
+    data.encoding and data.errors); a bad file is named with the command's flags."""
     from rnnlm.data import read_text
 
     dc = lm.config.data
-    return score_text(lm, read_text(path, encoding=dc.encoding, errors=dc.errors),
-                      batch_size=batch_size, seq_len=seq_len)
+    text = read_text(path, encoding=encoding or dc.encoding, errors=errors or dc.errors, what="text file",
+                     settings=("--text", "--encoding", "--errors"))
+    return score_text(lm, text, batch_size=batch_size, seq_len=seq_len)
 
 
 def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:

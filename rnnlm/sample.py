@@ -69,7 +69,9 @@ class LoadedModel:
 
 def load_model_from_checkpoint(path, device: Optional[str] = None) -> LoadedModel:
     """Rebuild the model from a checkpoint on `device` (default: cuda if available, else cpu)."""
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from rnnlm.train import resolve_device
+
+    dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = load_checkpoint(path, map_location=dev)
     cfg = config_from_dict(ckpt["config"])
     tok = tokenization.from_json(ckpt["tokenizer"])
@@ -116,8 +118,11 @@ def encode_prompt(tok, prompt: str) -> list[int]:
         raise RnnlmError("the prompt encodes to no tokens; give some text with --prompt")
     unk = tokenization.unk_id(tok)
     if unk is not None and unk in ids:
-        warnings.warn(f"{ids.count(unk)} prompt token(s) are unknown to this tokenizer and were "
-                      "replaced by the unknown token", stacklevel=2)
+        enc = tok.encode(prompt, add_special_tokens=False)
+        unknown = [prompt[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk]
+        shown = ", ".join(repr(w) for w in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        warnings.warn(f"{len(unknown) or ids.count(unk)} prompt token(s) unknown to this tokenizer "
+                      f"({shown}) were replaced by {tokenization.UNK}", stacklevel=2)
     return ids
 
 

@@ -33,9 +33,9 @@ def text_file(tmp_path) -> Path:
     return path
 
 
-def tiny_config(tmp_path: Path, text_path: Path, *overrides: str):
-    """A tiny model on `text_path`, run directory and caches inside tmp_path."""
-    base = [
+def tiny_overrides(tmp_path: Path, text_path: Path) -> list[str]:
+    """The command-line overrides of a tiny model on `text_path`, run directory and caches inside tmp_path."""
+    return [
         f"data.path={text_path}", "data.url=null", f"data.cache_dir={tmp_path / 'cache'}",
         "tokenizer.kind=char", "model.hidden_size=32", "model.num_layers=1",
         "optim.lr=0.01", "optim.warmup_steps=2", f"train.out_dir={tmp_path / 'run'}",
@@ -43,7 +43,32 @@ def tiny_config(tmp_path: Path, text_path: Path, *overrides: str):
         "train.checkpoint_every=5", "train.log_every=1", "train.progress=false", "train.device=cpu",
         "sample.max_new_tokens=20",
     ]
-    return load_config(None, base + list(overrides))
+
+
+def tiny_config(tmp_path: Path, text_path: Path, *overrides: str):
+    """A tiny model on `text_path`, run directory and caches inside tmp_path."""
+    return load_config(None, tiny_overrides(tmp_path, text_path) + list(overrides))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order."""
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli_line(capsys, argv: list[str], code: int = 2, kind: str = "error", quiet: bool = False) -> str:
+    """Run the command line in this process; expect exit `code` and exactly one `kind: ...`
+    line on stderr, no traceback (and with `quiet`, nothing on stdout). Returns that line."""
+    from rnnlm.cli import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert not quiet or out == "", out
+    assert err.count("\n") == 1 and err.startswith(f"{kind}: "), err
+    return err.strip()
 
 
 def train_tiny_run(root: Path, *overrides: str) -> Path:

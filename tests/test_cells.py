@@ -215,3 +215,29 @@ def test_fast_path_under_autocast(kind):
     y.float().sum().backward()
     assert layer.cell.weight_ih.grad.dtype == torch.float32
     torch.testing.assert_close(y.float(), layer(x, None)[0], atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_workspace_reuse_never_aliases_live_tensors(kind):
+    """Reused buffers (fused.Workspace) must not clobber outputs or saved tensors still alive."""
+    fast, ref = twins(kind)
+    x1, x2 = torch.randn(T, B, I, requires_grad=True), torch.randn(T, B, I, requires_grad=True)
+    y1, _ = fast(x1, None)
+    y2, _ = fast(x2, None)  # a second graph while the first is alive
+    kept = y1.detach().clone()
+    g1 = grads([y1], [x1, *fast.parameters()], seed=1)  # retain_graph=True: saved tensors stay
+    y3, _ = fast(x1, None)  # may reuse only what is free
+    g1_again = grads([y1], [x1, *fast.parameters()], seed=1)
+    g2 = grads([y2], [x2, *fast.parameters()], seed=2)
+    assert torch.equal(y1, kept) and torch.equal(y3, y1)
+    assert_close_all(g1, g1_again)
+    assert_close_all(g1, grads([ref(x1, None)[0]], [x1, *ref.parameters()], seed=1))
+    assert_close_all(g2, grads([ref(x2, None)[0]], [x2, *ref.parameters()], seed=2))
+    del y1, y2, y3, g1, g1_again, g2
+    addresses = set()
+    for _ in range(3):  # steady state: a training loop gets the same buffers back
+        y, _ = fast(x1, None)
+        y.sum().backward()
+        addresses.add(y.data_ptr())
+        del y
+    assert len(addresses) == 1
