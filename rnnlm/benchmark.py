@@ -137,9 +137,7 @@ def bench_train(cells, shapes, rounds, reps) -> list[Row]:
             torch.manual_seed(0)
             x = torch.randn(T, B, H, requires_grad=True)
             contenders[f"ours {cell}"] = train_step_fn(OurStack(cell, H, L), x)
-            contenders[TORCH_LAYER[cell].__module__.split(".")[0] + f".nn.{TORCH_LAYER[cell].__name__}"] = (
-                train_step_fn(TorchStack(cell, H, L), x)
-            )
+            contenders[f"torch.nn.{TORCH_LAYER[cell].__name__}"] = train_step_fn(TorchStack(cell, H, L), x)
         secs = interleaved(contenders, rounds, reps)
         for cell in cells:
             flops = 3 * L * layer_flops_per_token(cell, H, H)

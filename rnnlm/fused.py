@@ -3,18 +3,20 @@
 Same equations as the cells in ``rnnlm.cells`` (read those first), organised for speed:
 
 * The input projection of all T steps is one large matmul before the time loop, with
-  the biases folded in. The loop only does ``h @ W_hh^T`` (``addmm`` into preallocated
-  buffers) and the gate arithmetic, in place, saving the gate activations.
+  the biases folded in. The loop only does ``h @ W_hh^T`` (into preallocated buffers)
+  and the gate arithmetic, in place, saving the gate activations.
 * The backward pass through time is written out in a ``torch.autograd.Function`` (as
   cuDNN does): walk back over t collecting the gradients wrt the gate pre-activations
   into a (T, B, G*H) buffer; the loop's only matmul carries dL/dh back through W_hh.
   Then each weight gradient is ONE matmul over all steps, dx one more, the biases a sum.
 * Without autograd (eval, generation) the same forward runs and nothing is kept.
 
+Two CPU-only measures, each chosen per device (CUDA gets plain torch ops, which its
+caching allocator and cuBLAS already serve well): the loop's matmul uses MKL's packed
+GEMM (`_StepMatmul`), and large buffers are reused between calls (`Workspace`).
+
 Notation as in the cells: gates i, f, g, o (lstm) and r, z, n (gru); ``*_pre`` is a
-gradient wrt a gate's pre-activation; dX means dL/dX. Every op is a plain torch op, so
-this runs on CUDA too; the only device-specific choice is the weight layout
-(`_transposed`).
+gradient wrt a gate's pre-activation; dX means dL/dX.
 """
 
 from __future__ import annotations
@@ -97,10 +99,14 @@ class _StepMatmul:
     def __init__(self, w: Tensor, batch: int, steps: int):  # w: (out, in), as for F.linear
         self.w, self.batch = w, batch
         use_packed = _MKL_PACKED and w.device.type == "cpu" and w.dtype == torch.float32
-        if use_packed and batch >= 8 and steps >= 4:
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(w, batch)
-        else:
-            self.packed, self.w_t = None, _transposed(w)
+        self.packed = None
+        if use_packed and batch >= 8 and steps >= 4:  # below that, packing doesn't pay
+            try:
+                self.packed = torch.ops.mkl._mkl_reorder_linear_weight(w, batch)
+            except RuntimeError:  # an MKL build without the packed API: plain matmul
+                pass
+        if self.packed is None:
+            self.w_t = _transposed(w)
 
     def __call__(self, acc: Tensor, v: Tensor, out: Tensor) -> Tensor:
         """out = acc + v @ W^T (``out`` may be ``acc``)."""
