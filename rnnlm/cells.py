@@ -205,7 +205,7 @@ class RecurrentLayer(nn.Module):
         if needs_grad or (self.training and self.weight_drop > 0) or self.impl == "reference":
             state = c(x_t, state, weight_hh=self._weight_hh())
         else:
-            state = fused.step(self.cell_name, x_t, tuple(state), *self._step_weights())
+            state = fused.step(self.cell_name, x_t, state, *self._step_weights())
         return state[0], state
 
     def _step_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -214,8 +214,7 @@ class RecurrentLayer(nn.Module):
         The cache key holds each parameter's storage address and version counter, so an
         optimizer step, ``load_state_dict`` or ``.to(device)`` invalidates it.
         """
-        c = self.cell
-        params = (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh)
+        params = tuple(self.cell._parameters.values())  # weight_ih, weight_hh, bias_ih, bias_hh
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         if self._step_cache is None or self._step_cache[0] != key:
             with torch.no_grad():
