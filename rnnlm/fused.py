@@ -78,9 +78,9 @@ def _transposed(w: Tensor) -> Tensor:
 
     On CPU, MKL multiplies (B, H) @ (H, G*H) two to three times faster from a row-major
     copy of W^T than from the transposed view of W (measured at H = 512); the copy costs
-    about one step's matmul per forward call. cuBLAS takes the view as it is.
+    about one step's matmul per forward call. cuBLAS (and MPS) take the view as it is.
     """
-    return w.t() if w.is_cuda else w.t().contiguous()
+    return w.t().contiguous() if w.device.type == "cpu" else w.t()
 
 
 _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
