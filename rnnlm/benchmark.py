@@ -10,10 +10,13 @@ median over rounds, so a neighbour's load on the shared cores hits all of them a
   settings against the same network built on ``torch.nn.LSTM``/GRU/RNN.
 * Generation: tokens/s of ``step`` at batch 1 and batch 16, against torch's layer run
   one step at a time, and against the time of that step's matrix-vector products alone.
-* The machine's matmul peak: GFLOP/s of a 2048 x 2048 fp32 matmul, timed in every round.
+* The machine's matmul peak: GFLOP/s of a 2048 x 2048 fp32 matmul, timed before and
+  after the contenders (median).
 * Model FLOP utilisation (MFU) = achieved FLOP/s / matmul peak, counting matmul FLOPs:
   a recurrent layer's forward is 2*B*T*(I+H)*G*H (G gates), the output layer's
   2*B*T*H*V, and a training step ~3x the forward.
+
+Subnormal floats are flushed to zero for every contender (see `main`).
 
 ``python scripts/benchmark.py [--quick] [--json PATH]``.
 """
@@ -24,6 +27,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -316,19 +320,19 @@ def main(argv: list[str] | None = None) -> dict:
     # Flushing them to zero is what a CPU trainer wants anyway; same for all contenders.
     flush = torch.set_flush_denormal(True)
     quick = args.quick
-    rounds = args.rounds or (1 if quick else 5)
+    rounds = args.rounds or (1 if quick else 7)  # many short rounds: a median robust to a busy neighbour
     shapes = QUICK_SHAPES if quick else SHAPES
 
     peak_fn = matmul_peak(256 if quick else 2048)
     n = 256 if quick else 2048
     peak = 2 * n**3 / interleaved({"peak": peak_fn}, max(rounds, 3), 3)["peak"]
 
-    rows = bench_train(cells, shapes, rounds, reps=1 if quick else 3)
+    rows = bench_train(cells, shapes, rounds, reps=1 if quick else 2)
     rows += bench_generate(cells, shapes, GEN_BATCHES, rounds, reps=5 if quick else 100)
     if not args.no_lm:
         lm_overrides = ["model.hidden_size=32", "train.seq_len=8", "train.batch_size=4",
                         "tokenizer.vocab_size=300"] if quick else []
-        rows += bench_lm(args.config, lm_overrides, rounds, reps=1 if quick else 3, batches=GEN_BATCHES)
+        rows += bench_lm(args.config, lm_overrides, rounds, reps=1 if quick else 2, batches=GEN_BATCHES)
     # The peak again after the run, so a change in the machine's load shows up in it.
     peak = statistics.median([peak, 2 * n**3 / interleaved({"peak": peak_fn}, max(rounds, 3), 3)["peak"]])
     for r in rows:
@@ -339,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "argv": list(argv) if argv is not None else sys.argv[1:],
         "quick": quick,
         "flush_denormal": flush,
         "rows": [asdict(r) for r in rows],
