@@ -201,7 +201,9 @@ class RecurrentLayer(nn.Module):
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step; lean when no gradient is wanted (generation)."""
         c = self.cell
-        needs_grad = torch.is_grad_enabled() and (x_t.requires_grad or c.weight_hh.requires_grad)
+        needs_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (x_t, *state, c.weight_ih, c.weight_hh)
+        )
         if needs_grad or (self.training and self.weight_drop > 0) or self.impl == "reference":
             state = c(x_t, state, weight_hh=self._weight_hh())
         else:
