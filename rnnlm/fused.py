@@ -392,6 +392,9 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     return None
 
 
+# Under torch.compile this runs as it is (a graph break): it is already written out by
+# hand, and inductor cannot lower MKL's packed GEMM (measured: LoweringException).
+@torch.compiler.disable
 def run(cell: str, x: Tensor, state: tuple, w_ih, w_hh, b_ih, b_hh, ws: Workspace | None = None) -> tuple[Tensor, tuple]:
     """Run ``cell`` ("rnn" | "gru" | "lstm") over x (T, B, I) from ``state``.
 
@@ -423,6 +426,7 @@ def step_weights(cell: str, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor, Tensor, Ten
     return _transposed(w_ih), _transposed(w_hh), b_ih + b_hh, None
 
 
+@torch.compiler.disable
 def step(cell: str, x: Tensor, state: tuple, w_ih_t, w_hh_t, b_x, b_h) -> tuple:
     """One step of ``cell`` without autograd, from `step_weights`; returns the new state."""
     h = state[0]

@@ -241,3 +241,14 @@ def test_workspace_reuse_never_aliases_live_tensors(kind):
         addresses.add(y.data_ptr())
         del y
     assert len(addresses) == 1
+
+
+def test_fast_path_under_torch_compile():
+    """torch.compile runs the hand-written path as it is (inductor can't lower MKL packing)."""
+    layer = RecurrentLayer("lstm", I, 16)
+    x = torch.randn(6, 10, I, requires_grad=True)  # big enough for the MKL-packed matmul
+    y, state = layer(x, None)
+    y_c, state_c = torch.compile(layer)(x, None)
+    assert_close_all((y_c, *state_c), (y, *state))
+    params = [x, *layer.parameters()]
+    assert_close_all(grads([y_c], params), grads([y], params))
