@@ -45,15 +45,18 @@ class Workspace:
     live data. CUDA has its own caching allocator: there this just allocates.
     """
 
+    # Smaller blocks come from malloc's heap, which keeps its pages: nothing to gain there.
+    MIN_BYTES = 1 << 20
+
     def __init__(self, max_per_size: int = 8):
         self.max_per_size = max_per_size
         self._storages: dict[int, list] = {}  # nbytes -> storages of exactly that size
 
     def empty(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """An uninitialised contiguous tensor of ``shape``, with ``like``'s dtype and device."""
-        if like.device.type != "cpu" or _storage_use_count is None:
-            return like.new_empty(shape)
         nbytes = like.element_size() * math.prod(shape)
+        if like.device.type != "cpu" or _storage_use_count is None or nbytes < self.MIN_BYTES:
+            return like.new_empty(shape)
         pool = self._storages.setdefault(nbytes, [])
         for storage in pool:
             if _storage_use_count(storage._cdata) == 1:  # only this pool refers to it
