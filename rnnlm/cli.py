@@ -273,7 +273,7 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
     from rnnlm import gradflow
     from rnnlm import tokenizer as tokenization
     from rnnlm.config import CELL_KINDS, load_config
-    from rnnlm.data import load_corpus
+    from rnnlm.data import corpus_from_config
     from rnnlm.model import RNNLM
     from rnnlm.sample import load_model_from_checkpoint
 
@@ -292,10 +292,7 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
 
     # One token sequence for every model: the first checkpoint's tokenizer, else the config's.
     tokenizer_json = tokenization.to_json(trained[0].tokenizer) if trained else None
-    dc = cfg.data
-    corpus = load_corpus(dc.path, url=dc.url, encoding=dc.encoding, errors=dc.errors,
-                         tokenizer_kind=cfg.tokenizer.kind, vocab_size=cfg.tokenizer.vocab_size,
-                         cache_dir=dc.cache_dir, tokenizer_json=tokenizer_json, progress=False)
+    corpus = corpus_from_config(cfg, tokenizer_json=tokenizer_json, progress=False)
     windows = gradflow.text_windows(corpus.ids["valid"], args.windows, args.seq_len)
     vocab_size = corpus.tokenizer.get_vocab_size()
     for lm in trained[1:]:
@@ -326,7 +323,7 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
         for run in clip_runs:
             print(f"{run.label}: gradient norm before clipping {run.grad_norms[0]:.3g} -> {run.grad_norms[-1]:.3g}, "
                   f"loss {run.losses[0]:.3g} -> {run.losses[-1]:.3g} after {len(run.losses)} steps")
-    title = f"||dL_T/dh_t|| of the top layer, {windows.size(0)} windows of {args.seq_len} tokens of {Path(dc.path).name}"
+    title = f"||dL_T/dh_t|| of the top layer, {windows.size(0)} windows of {args.seq_len} tokens of {Path(cfg.data.path).name}"
     gradflow.plot_gradient_flow(curves, args.out, clip_runs=clip_runs, clip=clip, title=title)
     print(f"wrote {args.out}")
     return 0

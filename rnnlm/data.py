@@ -247,6 +247,14 @@ def load_corpus(
     return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash)
 
 
+def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = True) -> Corpus:
+    """load_corpus with a run config's `data` and `tokenizer` sections (train, evaluate, tools)."""
+    dc, tc = cfg.data, cfg.tokenizer
+    return load_corpus(dc.path, url=dc.url, encoding=dc.encoding, errors=dc.errors,
+                       tokenizer_kind=tc.kind, vocab_size=tc.vocab_size, cache_dir=dc.cache_dir,
+                       tokenizer_json=tokenizer_json, progress=progress)
+
+
 def _load_cache(file: Path):
     """(tokenizer, ids) from a cache file, or None if absent or unusable (then rebuilt)."""
     if not file.is_file():

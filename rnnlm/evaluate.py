@@ -146,11 +146,7 @@ def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encod
 def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:
     """Metrics of a loaded model on one split of the corpus it was trained on."""
     from rnnlm import tokenizer as tokenization
-    from rnnlm.data import load_corpus
+    from rnnlm.data import corpus_from_config
 
-    cfg = lm.config
-    corpus = load_corpus(cfg.data.path, url=cfg.data.url, encoding=cfg.data.encoding, errors=cfg.data.errors,
-                         tokenizer_kind=cfg.tokenizer.kind, vocab_size=cfg.tokenizer.vocab_size,
-                         cache_dir=cfg.data.cache_dir, tokenizer_json=tokenization.to_json(lm.tokenizer),
-                         progress=False)
+    corpus = corpus_from_config(lm.config, tokenizer_json=tokenization.to_json(lm.tokenizer), progress=False)
     return score_ids(lm, corpus.ids[split], corpus.chars[split], batch_size=batch_size, seq_len=seq_len)

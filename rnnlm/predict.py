@@ -80,7 +80,6 @@ def next_words(lm: LoadedModel, prompt: str, k: int = 10, *, beam: int = 16, max
 
     classes = lm.token_classes
     ends_word = torch.tensor([c != WORD for c in classes], device=lm.device)  # (V,)
-    starts_word = torch.tensor([c in (WORD, LEADING_SPACE_WORD) for c in classes], device=lm.device)
 
     punct = torch.tensor([c == PUNCT for c in classes], device=lm.device)
     continues_word = ~ends_word

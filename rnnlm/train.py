@@ -25,8 +25,8 @@ from tqdm import tqdm
 from rnnlm import distributed as ddp
 from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
-from rnnlm.config import Config, config_from_dict, config_to_dict, dump_config
-from rnnlm.data import Corpus, batchify, check_enough_tokens, get_batch, load_corpus
+from rnnlm.config import Config, config_to_dict, dump_config
+from rnnlm.data import Corpus, batchify, check_enough_tokens, corpus_from_config, get_batch
 from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
 from rnnlm.model import RNNLM, count_parameters, detach_state
@@ -224,12 +224,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(kept), encoding="utf-8")
 
 
-def load_training_corpus(cfg: Config, tokenizer_json: Optional[str] = None, progress: bool = True) -> Corpus:
-    return load_corpus(cfg.data.path, url=cfg.data.url, encoding=cfg.data.encoding, errors=cfg.data.errors,
-                       tokenizer_kind=cfg.tokenizer.kind, vocab_size=cfg.tokenizer.vocab_size,
-                       cache_dir=cfg.data.cache_dir, tokenizer_json=tokenizer_json, progress=progress)
-
-
 def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autocast=None,
                   max_tokens: Optional[int] = None) -> dict:
     """loss / perplexity / bpc of `model` on one split of the corpus."""
@@ -287,7 +281,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
 
     # --- data: tokenizer trained on the train split (or taken from the checkpoint)
     with ddp.main_first():  # distributed: rank 0 fills the token cache, the others read it
-        corpus = load_training_corpus(cfg, tokenizer_json=resume["tokenizer"] if resume else None,
+        corpus = corpus_from_config(cfg, tokenizer_json=resume["tokenizer"] if resume else None,
                                       progress=tc.progress and ddp.is_main())
     if resume is not None and resume.get("text_hash") != corpus.text_hash:
         raise RnnlmError(f"cannot resume {out / 'last.pt'}: the text of {cfg.data.path} (after data.encoding/"
