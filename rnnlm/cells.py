@@ -162,8 +162,8 @@ class RecurrentLayer(nn.Module):
         self.weight_drop = weight_drop
         self.impl = impl
         self.cell = CELLS[cell](input_size, hidden_size)
-        # Transposed weights for `step`, rebuilt whenever a parameter changes (see _step_weights).
-        self._step_cache: tuple | None = None
+        # Transposed weights for `step`, rebuilt whenever a parameter changes.
+        self._step_cache = fused.StepCache()
         # Large buffers of the fast path, reused from call to call (see fused.Workspace).
         self._workspace = fused.Workspace()
 
@@ -210,15 +210,26 @@ class RecurrentLayer(nn.Module):
             state = fused.step(self.cell_name, x_t, state, *self._step_weights())
         return state[0], state
 
-    def _step_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(W_ih^T, W_hh^T, b_ih, b_hh) laid out for `fused.step`, cached between calls.
+    def stepper(self):
+        """`step` for a loop that leaves the weights alone, e.g. generating a text.
 
-        The cache key holds each parameter's storage address and version counter, so an
-        optimizer step, ``load_state_dict`` or ``.to(device)`` invalidates it.
+        Returns ``step(x_t, state) -> (h, new_state)`` with the weights laid out for
+        `fused.step` once, here, instead of checking the layout's cache every token: at
+        batch 1 the weights streaming through the CPU caches make each line of Python per
+        step cost several times what it costs alone. Call it again after a weight changes.
+        Where `step` needs autograd, the reference cell or DropConnect, returns `step` itself.
         """
+        if torch.is_grad_enabled() or self.training or self.impl == "reference":
+            return self.step
+        cell, weights = self.cell_name, self._step_weights()
+
+        def step(x_t: Tensor, state: State) -> tuple[Tensor, State]:
+            state = fused.step(cell, x_t, state, *weights)
+            return state[0], state
+
+        return step
+
+    def _step_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The cell's weights laid out for `fused.step` (see `fused.StepCache`)."""
         params = tuple(self.cell._parameters.values())  # weight_ih, weight_hh, bias_ih, bias_hh
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-        if self._step_cache is None or self._step_cache[0] != key:
-            with torch.no_grad():
-                self._step_cache = (key, fused.step_weights(self.cell_name, *params))
-        return self._step_cache[1]
+        return self._step_cache.get(params, lambda *p: fused.step_weights(self.cell_name, *p))

@@ -76,7 +76,7 @@ def _empty(ws: Workspace | None, shape: tuple[int, ...], like: Tensor) -> Tensor
     return like.new_empty(shape) if ws is None else ws.empty(shape, like)
 
 
-def _transposed(w: Tensor) -> Tensor:
+def transposed(w: Tensor) -> Tensor:
     """W^T laid out for ``h @ W^T``.
 
     On CPU, MKL multiplies (B, H) @ (H, G*H) two to three times faster from a row-major
@@ -96,7 +96,7 @@ class _StepMatmul:
     ``torch.ops.mkl`` as torch.compile's CPU backend uses it), so no step re-packs it:
     measured 15-35% faster per step at B = 32..64, H = 256..512, and the packing costs
     less than one step. Elsewhere (CUDA, float64, small batches): ``addmm`` with W^T laid
-    out by `_transposed`.
+    out by `transposed`.
     """
 
     def __init__(self, w: Tensor, batch: int, steps: int):  # w: (out, in), as for F.linear
@@ -109,7 +109,7 @@ class _StepMatmul:
             except RuntimeError:  # an MKL build without the packed API: plain matmul
                 pass
         if self.packed is None:
-            self.w_t = _transposed(w)
+            self.w_t = transposed(w)
 
     def __call__(self, acc: Tensor, v: Tensor, out: Tensor) -> Tensor:
         """out = acc + v @ W^T (``out`` may be ``acc``)."""
@@ -422,11 +422,44 @@ def run(cell: str, x: Tensor, state: tuple, w_ih, w_hh, b_ih, b_hh, ws: Workspac
 # ---------------------------------------------------------------- one step (generation)
 
 
+class StepCache:
+    """Weights laid out for `step`, rebuilt only when a source parameter changes.
+
+    Generation calls `step` once per token; re-laying out the weights each time would cost
+    more than the step. The key holds each parameter's storage address, version counter
+    and dtype, so an optimizer step, ``load_state_dict`` or ``.to(device)`` rebuilds it.
+    """
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._value = None
+
+    def get(self, params: tuple, build):
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if key != self._key:
+            with torch.no_grad():
+                self._value = build(*params)
+            self._key = key
+        return self._value
+
+
+def _lstm_ifog(w: Tensor) -> Tensor:
+    """Rows of an LSTM weight or bias from PyTorch's gate order (i, f, g, o) to (i, f, o, g).
+
+    `step` can then squash the three sigmoid gates with one call and the cell input with one
+    more; at batch 1 each elementwise call costs about as much as a small matrix product.
+    """
+    i, f, g, o = w.chunk(4, dim=0)
+    return torch.cat([i, f, o, g])
+
+
 def step_weights(cell: str, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """(W_ih^T, W_hh^T, x-side bias, h-side bias) in the layout `step` uses."""
     if cell == "gru":  # b_hn sits inside r * (W_hn h + b_hn): the biases stay apart
-        return _transposed(w_ih), _transposed(w_hh), b_ih.clone(), b_hh.clone()
-    return _transposed(w_ih), _transposed(w_hh), b_ih + b_hh, None
+        return transposed(w_ih), transposed(w_hh), b_ih.clone(), b_hh.clone()
+    if cell == "lstm":
+        w_ih, w_hh, b_ih, b_hh = (_lstm_ifog(t) for t in (w_ih, w_hh, b_ih, b_hh))
+    return transposed(w_ih), transposed(w_hh), b_ih + b_hh, None
 
 
 @torch.compiler.disable
@@ -438,11 +471,10 @@ def step(cell: str, x: Tensor, state: tuple, w_ih_t, w_hh_t, b_x, b_h) -> tuple:
     if cell == "lstm":
         c = state[1]
         H = h.shape[1]
-        gates = torch.addmm(b_x, x, w_ih_t).addmm_(h, w_hh_t)  # (B, 4H)
-        gates[:, : 2 * H].sigmoid_()
-        gates[:, 3 * H :].sigmoid_()
-        i, f, g, o = gates.chunk(4, dim=1)
-        g.tanh_()
+        gates = torch.addmm(b_x, x, w_ih_t).addmm_(h, w_hh_t)  # (B, 4H), gates in (i, f, o, g) order
+        gates[:, : 3 * H].sigmoid_()
+        gates[:, 3 * H :].tanh_()
+        i, f, o, g = gates.chunk(4, dim=1)
         c_new = torch.mul(f, c).addcmul_(i, g)
         return (torch.tanh(c_new).mul_(o), c_new)
     H = h.shape[1]

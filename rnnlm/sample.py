@@ -155,6 +155,7 @@ def generate(lm: LoadedModel, prompt: str, *, max_new_tokens: int = 100, tempera
     logits = logits[:, -1]  # (S, V)
     new = [[] for _ in range(num_samples)]
     shown = ""
+    step = lm.model.stepper()  # weights laid out for one-token steps once, not every token
     for _ in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (S,)
         for s, t in enumerate(token.tolist()):
@@ -165,7 +166,7 @@ def generate(lm: LoadedModel, prompt: str, *, max_new_tokens: int = 100, tempera
             if not text.endswith("\ufffd") and text.startswith(shown):
                 on_text(text[len(shown):])
                 shown = text
-        logits, state = lm.model.step(token, state)
+        logits, state = step(token, state)
     texts = [tokenization.decode(lm.tokenizer, n) for n in new]
     if on_text is not None and texts[0].startswith(shown) and len(texts[0]) > len(shown):
         on_text(texts[0][len(shown):])

@@ -1,0 +1,60 @@
+"""The language model's one-token `step` (generation) against its `forward` (training)."""
+
+import pytest
+import torch
+
+from rnnlm.config import ModelConfig
+from rnnlm.model import RNNLM
+
+V, B, T = 11, 3, 5
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_step_by_step_equals_forward_and_follows_weight_updates(kind, tie):
+    torch.manual_seed(0)
+    model = RNNLM(V, ModelConfig(cell=kind, hidden_size=8, num_layers=2, tie_weights=tie)).eval()
+    idx = torch.randint(V, (B, T))
+
+    def compare():
+        with torch.no_grad():
+            logits, state = model(idx)
+            step_state = model.init_state(B)
+            for t in range(T):
+                step_logits, step_state = model.step(idx[:, t], step_state)
+                torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-5)
+            for a, b in zip(step_state, state):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        return logits
+
+    before = compare()
+    # An optimizer step changes every weight in place (the tied decoder included): the
+    # weights `step` caches in its own layout must follow.
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    logits, _ = model(idx)
+    logits.logsumexp(-1).sum().backward()
+    optimizer.step()
+    model.eval()
+    after = compare()
+    assert not torch.allclose(before, after)
+    # So must a load_state_dict of other weights.
+    other = RNNLM(V, ModelConfig(cell=kind, hidden_size=8, num_layers=2, tie_weights=tie))
+    model.load_state_dict(other.state_dict())
+    compare()
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_stepper_equals_step_and_falls_back_when_training(kind):
+    torch.manual_seed(0)
+    model = RNNLM(V, ModelConfig(cell=kind, hidden_size=8, num_layers=2, weight_drop=0.5)).eval()
+    idx = torch.randint(V, (B, T))
+    step = model.stepper()
+    state, step_state = model.init_state(B), model.init_state(B)
+    for t in range(T):
+        logits, state = model.step(idx[:, t], state)
+        step_logits, step_state = step(idx[:, t], step_state)
+        assert torch.equal(logits, step_logits)
+    # In training mode (DropConnect drawing masks) the layers take their general path.
+    model.train()
+    assert [layer.stepper() for layer in model.layers] == [layer.step for layer in model.layers]
