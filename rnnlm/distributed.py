@@ -102,6 +102,9 @@ def process_group(backend: str, device: torch.device) -> Iterator[None]:
                             device_id=device if device.type == "cuda" else None)
     try:
         yield
+        # All ranks leave together: a gloo rank whose peer has already torn down its group
+        # can abort at exit ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
