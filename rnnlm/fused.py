@@ -478,8 +478,10 @@ def step(cell: str, x: Tensor, state: tuple, w_ih_t, w_hh_t, b_x, b_h) -> tuple:
         c_new = torch.mul(f, c).addcmul_(i, g)
         return (torch.tanh(c_new).mul_(o), c_new)
     H = h.shape[1]
-    x_rz, x_n = torch.addmm(b_x, x, w_ih_t).split([2 * H, H], dim=1)  # W_i* x + b_i*
-    h_rz, h_n = torch.addmm(b_h, h, w_hh_t).split([2 * H, H], dim=1)  # W_h* h + b_h*
-    r, z = x_rz.add_(h_rz).sigmoid_().chunk(2, dim=1)
-    n = x_n.addcmul_(r, h_n).tanh_()
-    return (torch.lerp(n, h, z),)  # h' = n + z * (h - n)
+    # Plain slices, not split/chunk: at batch 1 those calls' overhead was measurable
+    # (the whole step 12% slower at H = 448).
+    gx = torch.addmm(b_x, x, w_ih_t)  # W_i* x + b_i*, gates (r, z, n)
+    gh = torch.addmm(b_h, h, w_hh_t)  # W_h* h + b_h*
+    rz = gx[:, : 2 * H].add_(gh[:, : 2 * H]).sigmoid_()
+    n = gx[:, 2 * H :].addcmul_(rz[:, :H], gh[:, 2 * H :]).tanh_()  # tanh(x_n + r * h_n)
+    return (torch.lerp(n, h, rz[:, H:]),)  # h' = n + z * (h - n)
