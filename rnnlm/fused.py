@@ -478,8 +478,8 @@ def step(cell: str, x: Tensor, state: tuple, w_ih_t, w_hh_t, b_x, b_h) -> tuple:
         c_new = torch.mul(f, c).addcmul_(i, g)
         return (torch.tanh(c_new).mul_(o), c_new)
     H = h.shape[1]
-    # Plain slices, not split/chunk: at batch 1 those calls' overhead was measurable
-    # (the whole step 12% slower at H = 448).
+    # Plain slices, not split/chunk: at batch 1 those calls' overhead is measurable
+    # (with slices the layer step took 12% less time at H = 448).
     gx = torch.addmm(b_x, x, w_ih_t)  # W_i* x + b_i*, gates (r, z, n)
     gh = torch.addmm(b_h, h, w_hh_t)  # W_h* h + b_h*
     rz = gx[:, : 2 * H].add_(gh[:, : 2 * H]).sigmoid_()
