@@ -230,7 +230,10 @@ class TorchLM(nn.Module):
 
 def lm_train_step_fn(model: nn.Module, idx, target, clip: float) -> Callable[[], None]:
     """One step as the trainer takes it: cross-entropy, backward, clip_grad_norm_, AdamW."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    from rnnlm.config import OptimConfig
+    from rnnlm.train import build_optimizer
+
+    opt = build_optimizer(model, OptimConfig(lr=1e-4))  # the trainer's AdamW (fused where torch has it)
 
     def step():
         opt.zero_grad(set_to_none=True)
