@@ -10,8 +10,12 @@ median over rounds, so a neighbour's load on the shared cores hits all of them a
   settings against the same network built on ``torch.nn.LSTM``/GRU/RNN.
 * Generation: tokens/s of ``step`` at batch 1 and batch 16, against torch's layer run
   one step at a time, and against the time of that step's matrix-vector products alone.
-* The machine's matmul peak: GFLOP/s of a 2048 x 2048 fp32 matmul, timed before and
-  after the contenders (median).
+* The machine's matmul peak: GFLOP/s of a 2048 x 2048 fp32 matmul. It is one more
+  contender in every training comparison, so each training row's MFU divides by the
+  peak measured in the same rounds: this machine's speed wanders by 20% and more
+  within minutes, and a peak timed minutes earlier would move the MFU by as much. The
+  table's header gives the peak timed before and after everything (median), which the
+  generation rows use.
 * Model FLOP utilisation (MFU) = achieved FLOP/s / matmul peak, counting matmul FLOPs:
   a recurrent layer's forward is 2*B*T*(I+H)*G*H (G gates), the output layer's
   2*B*T*H*V, and a training step ~3x the forward.
@@ -36,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlm import fused
 from rnnlm.cells import CELLS, RecurrentLayer
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -58,6 +63,7 @@ class Row:
     mfu: float = float("nan")
     ratio: float = float("nan")  # ours / torch, on the "ours" rows
     vs_matvec: float = float("nan")  # generation: time per token / matvec-only time per token
+    peak_flops: float = float("nan")  # training: the matmul peak timed in the same rounds
     extra: dict = field(default_factory=dict)
 
 
@@ -114,9 +120,17 @@ class TorchStack(nn.Module):
         return self.rnn(x)[0]
 
 
+def adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """The trainer's AdamW (fused where this torch has it), for every contender alike."""
+    from rnnlm.config import OptimConfig
+    from rnnlm.train import build_optimizer
+
+    return build_optimizer(model, OptimConfig(lr=1e-4))
+
+
 def train_step_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     """One forward + backward + AdamW step on a fixed input (which needs grad, as an embedding's output would)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -132,22 +146,23 @@ def layer_flops_per_token(cell: str, input_size: int, hidden_size: int) -> float
     return 2.0 * (input_size + hidden_size) * GATES[cell] * hidden_size
 
 
-def bench_train(cells, shapes, rounds, reps) -> list[Row]:
+def bench_train(cells, shapes, rounds, reps, peak_fn, peak_flops) -> list[Row]:
     rows = []
     for B, T, H, L in shapes:
         shape = f"B={B} T={T} H={H} L={L}"
-        contenders, tokens = {}, B * T
+        contenders, tokens = {"peak": peak_fn}, B * T
         for cell in cells:
             torch.manual_seed(0)
             x = torch.randn(T, B, H, requires_grad=True)
             contenders[f"ours {cell}"] = train_step_fn(OurStack(cell, H, L), x)
             contenders[f"torch.nn.{TORCH_LAYER[cell].__name__}"] = train_step_fn(TorchStack(cell, H, L), x)
         secs = interleaved(contenders, rounds, reps)
+        peak = peak_flops / secs["peak"]
         for cell in cells:
             flops = 3 * L * layer_flops_per_token(cell, H, H)
             ours, ref = secs[f"ours {cell}"], secs[f"torch.nn.{TORCH_LAYER[cell].__name__}"]
-            rows.append(Row("train", f"ours {cell}", shape, tokens / ours, flops, ratio=ref / ours))
-            rows.append(Row("train", f"torch.nn.{TORCH_LAYER[cell].__name__}", shape, tokens / ref, flops))
+            rows.append(Row("train", f"ours {cell}", shape, tokens / ours, flops, ratio=ref / ours, peak_flops=peak))
+            rows.append(Row("train", f"torch.nn.{TORCH_LAYER[cell].__name__}", shape, tokens / ref, flops, peak_flops=peak))
     return rows
 
 
@@ -230,10 +245,7 @@ class TorchLM(nn.Module):
 
 def lm_train_step_fn(model: nn.Module, idx, target, clip: float) -> Callable[[], None]:
     """One step as the trainer takes it: cross-entropy, backward, clip_grad_norm_, AdamW."""
-    from rnnlm.config import OptimConfig
-    from rnnlm.train import build_optimizer
-
-    opt = build_optimizer(model, OptimConfig(lr=1e-4))  # the trainer's AdamW (fused where torch has it)
+    opt = adamw(model)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -245,7 +257,7 @@ def lm_train_step_fn(model: nn.Module, idx, target, clip: float) -> Callable[[],
     return step
 
 
-def bench_lm(config_path: str, overrides: list[str], rounds: int, reps: int, batches) -> list[Row]:
+def bench_lm(config_path: str, overrides: list[str], rounds: int, reps: int, batches, peak_fn, peak_flops) -> list[Row]:
     """The whole language model of a config (vocabulary size from tokenizer.vocab_size)."""
     import copy
 
@@ -265,11 +277,14 @@ def bench_lm(config_path: str, overrides: list[str], rounds: int, reps: int, bat
     clip = cfg.optim.clip_grad_norm or float("inf")
     ours.train(), ref.train()
     secs = interleaved(
-        {"ours": lm_train_step_fn(ours, idx, target, clip), name: lm_train_step_fn(ref, idx, target, clip)}, rounds, reps
+        {"ours": lm_train_step_fn(ours, idx, target, clip), name: lm_train_step_fn(ref, idx, target, clip),
+         "peak": peak_fn}, rounds, reps
     )
+    peak = peak_flops / secs["peak"]
     rows = [
-        Row("lm train", f"ours {m.cell} LM", shape, B * T / secs["ours"], 3 * per_token, ratio=secs[name] / secs["ours"]),
-        Row("lm train", name, shape, B * T / secs[name], 3 * per_token),
+        Row("lm train", f"ours {m.cell} LM", shape, B * T / secs["ours"], 3 * per_token,
+            ratio=secs[name] / secs["ours"], peak_flops=peak),
+        Row("lm train", name, shape, B * T / secs[name], 3 * per_token, peak_flops=peak),
     ]
     ours.eval(), ref.eval()
     weights = [w for layer in ours.layers for w in (layer.cell.weight_ih, layer.cell.weight_hh)] + [ours.decoder.weight]
@@ -299,14 +314,16 @@ def bench_lm(config_path: str, overrides: list[str], rounds: int, reps: int, bat
 
 
 def format_table(rows: list[Row], peak: float, n: int, flush: bool) -> str:
-    head = f"{'task':<12} {'contender':<20} {'shape':<36} {'tokens/s':>10} {'ours/torch':>10} {'MFU':>6} {'vs matvec':>9}"
-    lines = [f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({n}x{n} fp32, median over rounds); "
+    head = (f"{'task':<12} {'contender':<20} {'shape':<36} {'tokens/s':>10} {'ours/torch':>10} {'MFU':>6} "
+            f"{'of peak':>8} {'vs matvec':>9}")
+    lines = [f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({n}x{n} fp32, median over rounds; training rows: "
+             "'of peak' is the peak in GFLOP/s timed in their own rounds, their MFU's divisor); "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, flush denormals {'on' if flush else 'off'}", head, "-" * len(head)]
     fmt = lambda v, spec: format(v, spec) if v == v else ""  # noqa: E731  (blank for NaN)
     for r in rows:
         lines.append(
             f"{r.task:<12} {r.contender:<20} {r.shape:<36} {r.tokens_per_s:>10.0f} {fmt(r.ratio, '>10.2f'):>10} "
-            f"{fmt(100 * r.mfu, '>5.1f') + '%':>6} {fmt(r.vs_matvec, '>8.2f') + ('x' if r.vs_matvec == r.vs_matvec else ''):>9}"
+            f"{fmt(100 * r.mfu, '>5.1f') + '%':>6} {fmt(r.peak_flops / 1e9, '>8.1f'):>8} {fmt(r.vs_matvec, '>8.2f') + ('x' if r.vs_matvec == r.vs_matvec else ''):>9}"
         )
     return "\n".join(lines)
 
@@ -328,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     # up to 100x slower (measured: a (32, 2048) @ (2048, 512) addmm, 0.6 ms -> 67 ms).
     # Flushing them to zero is what a CPU trainer wants anyway; same for all contenders.
     flush = torch.set_flush_denormal(True)
+    fused.keep_freed_memory()  # as the trainer does
     quick = args.quick
     rounds = args.rounds or (1 if quick else 7)  # many short rounds: a median robust to a busy neighbour
     shapes = QUICK_SHAPES if quick else SHAPES
@@ -336,16 +354,17 @@ def main(argv: list[str] | None = None) -> dict:
     n = 256 if quick else 2048
     peak = 2 * n**3 / interleaved({"peak": peak_fn}, max(rounds, 3), 3)["peak"]
 
-    rows = bench_train(cells, shapes, rounds, reps=1 if quick else 2)
+    rows = bench_train(cells, shapes, rounds, reps=1 if quick else 2, peak_fn=peak_fn, peak_flops=2 * n**3)
     rows += bench_generate(cells, shapes, GEN_BATCHES, rounds, reps=5 if quick else 100)
     if not args.no_lm:
         lm_overrides = ["model.hidden_size=32", "train.seq_len=8", "train.batch_size=4",
                         "tokenizer.vocab_size=300"] if quick else []
-        rows += bench_lm(args.config, lm_overrides, rounds, reps=1 if quick else 2, batches=GEN_BATCHES)
+        rows += bench_lm(args.config, lm_overrides, rounds, reps=1 if quick else 2, batches=GEN_BATCHES,
+                         peak_fn=peak_fn, peak_flops=2 * n**3)
     # The peak again after the run, so a change in the machine's load shows up in it.
     peak = statistics.median([peak, 2 * n**3 / interleaved({"peak": peak_fn}, max(rounds, 3), 3)["peak"]])
     for r in rows:
-        r.mfu = r.tokens_per_s * r.flops_per_token / peak
+        r.mfu = r.tokens_per_s * r.flops_per_token / (r.peak_flops if r.peak_flops == r.peak_flops else peak)
     print(format_table(rows, peak, n, flush))
     result = {
         "matmul_peak_flops": peak,

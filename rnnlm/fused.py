@@ -72,6 +72,30 @@ class Workspace:
         self._storages.clear()
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed large blocks for reuse; True if it took the settings.
+
+    Workspace covers the recurrent layers' buffers, but every step also allocates the
+    logits, their softmax and gradients (16 MB each for the main job's 1,024 x 4,096) through
+    plain malloc, which maps blocks above its mmap threshold fresh and trims the heap when
+    they are freed: each step then faults their pages in anew. Measured for the main job's
+    training step: ~3,500 page faults per step by default, ~300 with these settings, and
+    the step ~7% faster (median of six runs each). Both settings are needed: a trim
+    threshold alone also freezes the mmap threshold low, and faults rose to 35,000.
+    Process-wide and harmless elsewhere (not glibc: nothing happens). Freed memory stays
+    with the process, up to the largest step's working set.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS), or Windows
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+    # 32 MB is the largest mmap threshold glibc accepts on 64-bit; above it, blocks are mapped.
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def _empty(ws: Workspace | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
     return like.new_empty(shape) if ws is None else ws.empty(shape, like)
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnnlm import distributed as ddp
+from rnnlm import fused
 from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
 from rnnlm.config import Config, config_to_dict, dump_config
@@ -283,6 +284,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
         # Gradients that vanish through time become subnormal floats, which the CPU
         # multiplies up to 100x slower (measured); flushing them to zero costs nothing.
         torch.set_flush_denormal(True)
+    fused.keep_freed_memory()  # large tensors reuse freed pages instead of faulting in new ones
     autocast = autocast_context(device, tc.precision)
 
     # --- data: tokenizer trained on the train split (or taken from the checkpoint)

@@ -20,3 +20,6 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
         assert any(t == task and c.startswith("ours") for t, c in tasks), task
     for r in result["rows"]:
         assert r["tokens_per_s"] > 0 and r["mfu"] > 0
+        if r["task"] in ("train", "lm train"):  # MFU against the peak timed in the same rounds
+            assert r["peak_flops"] > 0
+            assert abs(r["mfu"] - r["tokens_per_s"] * r["flops_per_token"] / r["peak_flops"]) < 1e-9 * r["mfu"]
