@@ -352,20 +352,21 @@ class _GRU(torch.autograd.Function):
     def backward(ctx, dy, dh_T):
         x, h0, w_ih, w_hh, y, gi, gh, h_minus_n = ctx.saved_tensors
         T, B, H = y.shape
-        # (T, B, 4H) laid out [dr_pre, dz_pre, dhn, dn_pre], where dhn is the gradient wrt
-        # W_hn h + b_hn: the first 3H columns are what flows into W_hh, so the loop's
-        # matmul reads one slice; the x side reads columns [0, 2H) and [3H, 4H).
-        dall = _empty(ctx.ws, (T, B, 4 * H), x)
-        dgh = dall[..., : 3 * H]
+        # dgh (T, B, 3H) is [dr_pre, dz_pre, dhn], where dhn is the gradient wrt
+        # W_hn h + b_hn: what flows into W_hh, each step's block contiguous for the loop's
+        # matmul. The x side takes dr_pre, dz_pre from it and dn_pre from its own buffer.
+        dgh = _empty(ctx.ws, (T, B, 3 * H), x)
+        dn_pre = _empty(ctx.ws, (T, B, H), x)
         back = _StepMatmul(w_hh.t(), B, T)  # dgh @ W_hh
         dh = torch.empty_like(h0)  # (B, H) dL/dh_t
         carry = torch.empty_like(h0)  # (B, H) the part of dL/dh_{t-1} that skips W_hh: dh_t * z_t
         u = torch.empty_like(h0)
         s = h0.new_empty(B, 2 * H)
         DY, DGH, HN = dy.unbind(0), dgh.unbind(0), h_minus_n.unbind(0)
-        RZ, dRZ = gi[..., : 2 * H].unbind(0), dall[..., : 2 * H].unbind(0)
+        RZ, dRZ = gi[..., : 2 * H].unbind(0), dgh[..., : 2 * H].unbind(0)
         R, Z, N = (gi[..., k * H : (k + 1) * H].unbind(0) for k in range(3))
-        dR, dZ, dHN, dN = (dall[..., k * H : (k + 1) * H].unbind(0) for k in range(4))
+        dR, dZ, dHN = (dgh[..., k * H : (k + 1) * H].unbind(0) for k in range(3))
+        dN = dn_pre.unbind(0)
         GH_N = gh[..., 2 * H :].unbind(0)
         for t in reversed(range(T)):
             r, z, n = R[t], Z[t], N[t]
@@ -387,7 +388,7 @@ class _GRU(torch.autograd.Function):
             torch.addcmul(RZ[t], RZ[t], RZ[t], value=-1, out=s)  # sigmoid' = s (1 - s)
             dRZ[t].mul_(s)
         need = ctx.needs_input_grad[1:]  # [0] is the workspace
-        d_rz, d_n = _flat(dall[..., : 2 * H]), _flat(dall[..., 3 * H :])  # x-side gate grads
+        d_rz, d_n = _flat(dgh[..., : 2 * H]), _flat(dn_pre)  # x-side gate grads
         xf = _flat(x)
         dx = None
         if need[0]:
@@ -396,9 +397,8 @@ class _GRU(torch.autograd.Function):
         dh0 = torch.addmm(carry, DGH[0], w_hh) if need[1] else None  # (B, H)
         dw_ih = torch.cat([d_rz.t() @ xf, d_n.t() @ xf])  # (3H, I)
         dw_hh = _grad_weight_hh(dgh, h0, y)  # (3H, H)
-        dsum = dall.sum((0, 1))  # (4H,)
-        db_ih = torch.cat([dsum[: 2 * H], dsum[3 * H :]])
-        db_hh = dsum[: 3 * H]
+        db_hh = dgh.sum((0, 1))  # (3H,)
+        db_ih = torch.cat([db_hh[: 2 * H], dn_pre.sum((0, 1))])
         return None, dx, dh0, dw_ih, dw_hh, db_ih, db_hh
 
 

@@ -242,7 +242,10 @@ def test_workspace_reuse_never_aliases_live_tensors(kind):
         addresses.add(y.data_ptr())
         del y
     assert len(addresses) == 1
-    assert sum(len(pool) for pool in fast._workspace._storages.values()) <= 16
+    pooled = sum(len(pool) for pool in fast._workspace._storages.values())
+    for _ in range(3):  # and the pool stops growing
+        fast(x1, None)[0].sum().backward()
+    assert sum(len(pool) for pool in fast._workspace._storages.values()) == pooled
 
 
 def test_fast_path_under_torch_compile():
