@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -182,6 +183,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--text", metavar="FILE", help="any UTF-8 text file, scored as a whole")
     p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: the run's)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per forward pass")
+    p.add_argument("--dynamic", type=float, default=None, metavar="LR",
+                   help="dynamic evaluation: after scoring each --seq-len segment, one SGD step at this "
+                        "learning rate on it (one stream; the checkpoint is not changed)")
     p.add_argument("--encoding", default=None, help="text encoding of --text (default: the run's data.encoding)")
     p.add_argument("--errors", choices=["strict", "replace", "ignore"], default=None,
                    help="undecodable bytes in --text (default: the run's data.errors)")
@@ -193,19 +197,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rnnlm.evaluate import format_metrics, score_split, score_text_file
     from rnnlm.sample import load_model_from_checkpoint
 
-    lm = load_model_from_checkpoint(args.checkpoint, args.device)
     if args.batch_size is not None and args.batch_size < 1 or args.seq_len < 1:
         raise RnnlmError("--batch-size and --seq-len must be at least 1")
+    if args.dynamic is not None and not (args.dynamic >= 0 and math.isfinite(args.dynamic)):
+        raise RnnlmError(f"--dynamic must be a learning rate >= 0, got {args.dynamic}")
+    if args.dynamic is not None and args.batch_size not in (None, 1):
+        raise RnnlmError("--dynamic scores the text as one stream: leave out --batch-size")
+    lm = load_model_from_checkpoint(args.checkpoint, args.device)
     batch_size = args.batch_size or lm.config.train.batch_size
+    kwargs = dict(batch_size=batch_size, seq_len=args.seq_len, dynamic_lr=args.dynamic)
     if args.text:
         name = args.text
-        m = score_text_file(lm, args.text, batch_size=batch_size, seq_len=args.seq_len,
-                            encoding=args.encoding, errors=args.errors)
+        m = score_text_file(lm, args.text, encoding=args.encoding, errors=args.errors, **kwargs)
     else:
         name = args.split or "test"
-        m = score_split(lm, name, batch_size=batch_size, seq_len=args.seq_len)
+        m = score_split(lm, name, **kwargs)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "source": name, **m}))
+        print(json.dumps({"checkpoint": args.checkpoint, "source": name, "dynamic_lr": args.dynamic, **m}))
+    elif args.dynamic is not None:
+        print(format_metrics(f"{name} (dynamic evaluation, lr {args.dynamic:g})", m))
     else:
         print(format_metrics(name, m))
     return 0

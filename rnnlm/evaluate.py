@@ -10,10 +10,14 @@ Every token but the first is scored exactly once: the first has no context to be
 predicted from, so it is given as context and its characters are left out of the count.
 The text is cut into a few long streams that are run side by side with the hidden state
 carried along each stream, as in training.
+
+Dynamic evaluation (`evaluate_ids_dynamic`, ``rnnlm evaluate --dynamic LR``) scores the
+same way but lets the model keep learning from the text it has already scored.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional
 
@@ -89,6 +93,41 @@ def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_l
     return float(total), count
 
 
+def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len: int = 128,
+                         device=None) -> tuple[float, int]:
+    """Total NLL (nats) and scored tokens of `ids` under dynamic evaluation.
+
+    Dynamic evaluation (Krause et al., 2018, "Dynamic Evaluation of Neural Sequence
+    Models") adapts the model to the text as it reads it, as the hidden state does, but
+    in the weights: each segment of ``seq_len`` tokens is scored with the weights as they
+    stand, and only then one SGD step on that segment's mean loss,
+
+        theta <- theta - lr * grad_theta L_segment,
+
+    moves them before the next segment is scored. One stream (batch 1) with the state
+    carried throughout, so each token is predicted from the text before it and nothing
+    after it. Dropout is off. Works on a copy: ``model`` keeps its weights.
+    """
+    if ids.numel() < 2:
+        return 0.0, 0
+    device = device or next(model.parameters()).device
+    adapted = copy.deepcopy(model).eval()  # deepcopy keeps tied weights tied
+    optimizer = torch.optim.SGD(adapted.parameters(), lr=lr)
+    inputs, targets = ids[None, :-1].to(device), ids[None, 1:].to(device)
+    state = None
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, inputs.size(1), seq_len):
+        x, y = inputs[:, i:i + seq_len], targets[:, i:i + seq_len]
+        logits, state = adapted(x, state)
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        total += nll.detach().double()  # the score, taken before the weights learn from it
+        optimizer.zero_grad(set_to_none=True)
+        (nll / y.numel()).backward()
+        optimizer.step()
+        state = detach_state(state)
+    return float(total), targets.size(1)
+
+
 def metrics(nll_sum: float, n_tokens: int, n_chars: int) -> dict:
     """loss (nats/token), perplexity and bits per character from a summed NLL."""
     loss = nll_sum / max(1, n_tokens)
@@ -111,16 +150,24 @@ def format_metrics(name: str, m: dict) -> str:
             f"{m['bpc']:.4f} bits/char | {m['tokens']:,} tokens, {m['chars']:,} chars")
 
 
-def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128) -> dict:
-    """Metrics of a loaded model (sample.LoadedModel) on token ids covering n_chars characters."""
+def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128,
+              dynamic_lr: Optional[float] = None) -> dict:
+    """Metrics of a loaded model (sample.LoadedModel) on token ids covering n_chars characters.
+
+    With ``dynamic_lr``, dynamic evaluation at that learning rate (one stream: batch_size
+    does not apply).
+    """
     from rnnlm import tokenizer as tokenization
 
-    nll, n = evaluate_ids(lm.model, ids, batch_size=batch_size, seq_len=seq_len, device=lm.device)
+    if dynamic_lr is not None:
+        nll, n = evaluate_ids_dynamic(lm.model, ids, lr=dynamic_lr, seq_len=seq_len, device=lm.device)
+    else:
+        nll, n = evaluate_ids(lm.model, ids, batch_size=batch_size, seq_len=seq_len, device=lm.device)
     first = tokenization.decode(lm.tokenizer, ids[:1].tolist())
     return metrics(nll, n, scored_chars(n_chars, first))
 
 
-def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:
+def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None) -> dict:
     """Metrics of a loaded model on any text, the hidden state carried across all of it."""
     from rnnlm import tokenizer as tokenization
     from rnnlm.errors import RnnlmError
@@ -128,11 +175,11 @@ def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128) -> di
     ids = torch.tensor(tokenization.encode(lm.tokenizer, text), dtype=torch.long)
     if ids.numel() < 2:
         raise RnnlmError("the text is too short to score: it needs at least two tokens")
-    return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len)
+    return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr)
 
 
 def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encoding: Optional[str] = None,
-                    errors: Optional[str] = None) -> dict:
+                    errors: Optional[str] = None, dynamic_lr: Optional[float] = None) -> dict:
     """score_text on a file read with `encoding` and `errors` (default: the checkpoint's
     data.encoding and data.errors); a bad file is named with the command's flags."""
     from rnnlm.data import read_text
@@ -140,13 +187,15 @@ def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encod
     dc = lm.config.data
     text = read_text(path, encoding=encoding or dc.encoding, errors=errors or dc.errors, what="text file",
                      settings=("--text", "--encoding", "--errors"))
-    return score_text(lm, text, batch_size=batch_size, seq_len=seq_len)
+    return score_text(lm, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr)
 
 
-def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:
+def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128,
+                dynamic_lr: Optional[float] = None) -> dict:
     """Metrics of a loaded model on one split of the corpus it was trained on."""
     from rnnlm import tokenizer as tokenization
     from rnnlm.data import corpus_from_config
 
     corpus = corpus_from_config(lm.config, tokenizer_json=tokenization.to_json(lm.tokenizer), progress=False)
-    return score_ids(lm, corpus.ids[split], corpus.chars[split], batch_size=batch_size, seq_len=seq_len)
+    return score_ids(lm, corpus.ids[split], corpus.chars[split], batch_size=batch_size, seq_len=seq_len,
+                     dynamic_lr=dynamic_lr)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from rnnlm import tokenizer as tokenization
 from rnnlm.cli import main
-from rnnlm.evaluate import eval_streams, score_text
+from rnnlm.evaluate import eval_streams, evaluate_ids, evaluate_ids_dynamic, score_text
 from rnnlm.sample import load_model_from_checkpoint
 from rnnlm.train import train
 from tests.conftest import small_text, tiny_config
@@ -85,3 +85,48 @@ def test_evaluate_command_on_a_text_file(trained, tmp_path, capsys):
     assert out["bpc"] == pytest.approx(expected["bpc"]) and out["tokens"] == expected["tokens"]
     assert main(["evaluate", "--checkpoint", str(trained["char"].path), "--text", str(path)]) == 0
     assert "bits/char" in capsys.readouterr().out
+
+
+# dynamic evaluation
+
+
+def test_dynamic_evaluation_scores_before_it_learns(trained):
+    lm = trained["bpe"]
+    ids = torch.tensor(tokenization.encode(lm.tokenizer, TEXT))
+    static_nll, n = evaluate_ids(lm.model, ids, batch_size=1, seq_len=8)
+    # At lr 0 nothing moves: the same computation as static evaluation on one stream.
+    assert evaluate_ids_dynamic(lm.model, ids, lr=0.0, seq_len=8) == pytest.approx((static_nll, n), rel=1e-6)
+    # A single segment is scored before any step, whatever the learning rate.
+    one = ids[:9]
+    assert evaluate_ids_dynamic(lm.model, one, lr=10.0, seq_len=8)[0] == pytest.approx(
+        evaluate_ids(lm.model, one, batch_size=1, seq_len=8)[0], rel=1e-6)
+
+
+def test_dynamic_evaluation_learns_from_the_text_and_leaves_the_model_alone(trained):
+    lm = trained["bpe"]
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    ids = torch.randint(lm.model.vocab_size, (40,)).repeat(4)  # random tokens, seen again and again
+    static_nll, n = evaluate_ids(lm.model, ids, batch_size=1, seq_len=10)
+    dynamic_nll, n_dynamic = evaluate_ids_dynamic(lm.model, ids, lr=0.5, seq_len=10)
+    assert n_dynamic == n == ids.numel() - 1
+    assert dynamic_nll < 0.8 * static_nll  # the repeats become predictable
+    assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_evaluate_command_dynamic(trained, tmp_path, capsys):
+    path = tmp_path / "other.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    ckpt = str(trained["bpe"].path)
+    assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), "--dynamic", "0.1", "--seq-len", "8",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dynamic_lr"] == 0.1
+    assert out["bpc"] == pytest.approx(score_text(trained["bpe"], TEXT, seq_len=8, dynamic_lr=0.1)["bpc"])
+    assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), "--dynamic", "0.1"]) == 0
+    assert "(dynamic evaluation, lr 0.1)" in capsys.readouterr().out
+    for bad, message in ((["--dynamic", "-1"], "--dynamic must be a learning rate >= 0"),
+                         (["--dynamic", "nan"], "--dynamic must be a learning rate >= 0"),
+                         (["--dynamic", "0.1", "--batch-size", "4"], "one stream: leave out --batch-size")):
+        assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), *bad]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
