@@ -55,10 +55,14 @@ class LoadedModel:
         from rnnlm.predict import next_words
         return next_words(self, prompt, k, beam=beam)
 
-    def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128) -> dict:
-        """loss (nats/token), perplexity, bpc (bits per character), tokens and chars of `text`."""
+    def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None) -> dict:
+        """loss (nats/token), perplexity, bpc (bits per character), tokens and chars of `text`.
+
+        ``dynamic_lr``: dynamic evaluation at this learning rate (see
+        `rnnlm.evaluate.evaluate_ids_dynamic`; one stream, the model itself is not changed).
+        """
         from rnnlm.evaluate import score_text
-        return score_text(self, text, batch_size=batch_size, seq_len=seq_len)
+        return score_text(self, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr)
 
     @cached_property
     def token_classes(self) -> list[str]:

@@ -41,6 +41,8 @@ def test_score_gives_loss_perplexity_and_bits_per_character(lm):
     assert m["bpc"] == pytest.approx(m["loss"] * m["tokens"] / math.log(2) / m["chars"])
     assert m["tokens"] == len(text) - 1  # char tokenizer: every character but the first is scored
     assert lm.score(text)["loss"] < lm.score("zqxj vkw pqz jxq zvk")["loss"]  # it learned English-ish text
+    assert lm.score(text, seq_len=8, dynamic_lr=0.1) == score_text(lm, text, seq_len=8, dynamic_lr=0.1)
+    assert lm.score(text, seq_len=8, dynamic_lr=0.0)["loss"] == pytest.approx(lm.score(text, batch_size=1)["loss"])
 
 
 def test_errors_are_rnnlm_errors(lm, tmp_path):
