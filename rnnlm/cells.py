@@ -162,7 +162,7 @@ class RecurrentLayer(nn.Module):
         self.weight_drop = weight_drop
         self.impl = impl
         self.cell = CELLS[cell](input_size, hidden_size)
-        # Transposed weights for `step`, rebuilt whenever a parameter changes.
+        # A fused.Stepper (transposed weights) for `step`, rebuilt whenever a parameter changes.
         self._step_cache = fused.StepCache()
         # Large buffers of the fast path, reused from call to call (see fused.Workspace).
         self._workspace = fused.Workspace()
@@ -207,29 +207,31 @@ class RecurrentLayer(nn.Module):
         if needs_grad or (self.training and self.weight_drop > 0) or self.impl == "reference":
             state = c(x_t, state, weight_hh=self._weight_hh())
         else:
-            state = fused.step(self.cell_name, x_t, state, *self._step_weights())
+            state = self._stepper()(x_t, state)
         return state[0], state
 
     def stepper(self):
         """`step` for a loop that leaves the weights alone, e.g. generating a text.
 
-        Returns ``step(x_t, state) -> (h, new_state)`` with the weights laid out for
-        `fused.step` once, here, instead of checking the layout's cache every token: at
+        Returns ``step(x_t, state) -> (h, new_state)`` with the weights laid out for a
+        `fused.Stepper` once, here, instead of checking the layout's cache every token: at
         batch 1 the weights streaming through the CPU caches make each line of Python per
         step cost several times what it costs alone. Call it again after a weight changes.
         Where `step` needs autograd, the reference cell or DropConnect, returns `step` itself.
         """
         if torch.is_grad_enabled() or self.training or self.impl == "reference":
             return self.step
-        cell, weights = self.cell_name, self._step_weights()
+        stepper = self._stepper()
 
         def step(x_t: Tensor, state: State) -> tuple[Tensor, State]:
-            state = fused.step(cell, x_t, state, *weights)
+            state = stepper(x_t, state)
             return state[0], state
 
         return step
 
-    def _step_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The cell's weights laid out for `fused.step` (see `fused.StepCache`)."""
+    def _stepper(self) -> fused.Stepper:
+        """A `fused.Stepper` of the cell's current weights (see `fused.StepCache`)."""
         params = tuple(self.cell._parameters.values())  # weight_ih, weight_hh, bias_ih, bias_hh
-        return self._step_cache.get(params, lambda *p: fused.step_weights(self.cell_name, *p))
+        return self._step_cache.get(
+            params, lambda *p: fused.Stepper(self.cell_name, *fused.step_weights(self.cell_name, *p))
+        )

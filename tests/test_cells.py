@@ -168,6 +168,22 @@ def test_step_agrees_with_forward(kind):
     assert layer.cell.weight_hh.grad is not None
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_stepper_over_a_sequence_keeps_every_state(kind):
+    """A stepper reuses its gate buffers, never the states it returned; batch sizes may change."""
+    layer = RecurrentLayer(kind, I, H).eval()
+    with torch.no_grad():
+        step = layer.stepper()
+        for batch in (B, 1, B):  # a new batch size remakes the buffers
+            x, state = torch.randn(T, batch, I), tuple(t.detach() for t in random_state(kind, batch))
+            y, last = layer(x, state)
+            states = [state]
+            for t in range(T):
+                states.append(step(x[t], states[-1])[1])
+            # every state kept along the way still holds its own step's value
+            assert_close_all([s[0] for s in states[1:]], list(y))
+            assert_close_all(states[-1], last)
+
 @pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_weight_drop(kind, impl):
