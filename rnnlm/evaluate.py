@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM, detach_state
 
 
@@ -108,6 +109,8 @@ def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len:
     carried throughout, so each token is predicted from the text before it and nothing
     after it. Dropout is off. Works on a copy: ``model`` keeps its weights.
     """
+    if not (lr >= 0 and math.isfinite(lr)):  # the CLI checks --dynamic before loading anything
+        raise RnnlmError(f"dynamic evaluation needs a learning rate >= 0 (dynamic_lr), got {lr}")
     if ids.numel() < 2:
         return 0.0, 0
     device = device or next(model.parameters()).device

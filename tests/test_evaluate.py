@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from rnnlm import tokenizer as tokenization
 from rnnlm.cli import main
+from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import eval_streams, evaluate_ids, evaluate_ids_dynamic, score_text
 from rnnlm.sample import load_model_from_checkpoint
 from rnnlm.train import train
@@ -111,6 +112,13 @@ def test_dynamic_evaluation_learns_from_the_text_and_leaves_the_model_alone(trai
     assert n_dynamic == n == ids.numel() - 1
     assert dynamic_nll < 0.8 * static_nll  # the repeats become predictable
     assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf")])
+def test_dynamic_evaluation_refuses_a_bad_learning_rate(trained, lr):
+    lm = trained["bpe"]
+    with pytest.raises(RnnlmError, match="dynamic evaluation needs a learning rate >= 0"):
+        lm.score(TEXT, dynamic_lr=lr)
 
 
 def test_evaluate_command_dynamic(trained, tmp_path, capsys):
