@@ -286,14 +286,15 @@ class _LSTM(torch.autograd.Function):
         i, f, g, o = gates.chunk(4, dim=2)
         d_if, d_ifg = dgates[..., : 2 * H], dgates[..., : 3 * H]
         d_i, d_f, d_g, d_o = dgates.chunk(4, dim=2)
-        torch.addcmul(gates[..., : 2 * H], gates[..., : 2 * H], gates[..., : 2 * H], value=-1, out=d_if)
+        s_if = gates[..., : 2 * H]  # the sigmoid gates i and f, side by side
+        torch.addcmul(s_if, s_if, s_if, value=-1, out=d_if)  # s (1 - s)
         d_i.mul_(g)  # g i (1 - i)
         d_f.mul_(cs[:-1])  # c_{t-1} f (1 - f)
         torch.mul(i, g, out=d_g)
         torch.addcmul(i, d_g, g, value=-1, out=d_g)  # i (1 - g^2)
         torch.addcmul(o, o, o, value=-1, out=d_o)
         d_o.mul_(tanh_cs)  # tanh(c) o (1 - o)
-        a = torch.mul(o, tanh_cs)
+        a = torch.mul(o, tanh_cs, out=_empty(ctx.ws, tanh_cs.shape, tanh_cs))  # reused, as dgates is
         torch.addcmul(o, a, tanh_cs, value=-1, out=a)  # A = o (1 - tanh(c)^2)
         dh = torch.empty_like(h0)  # (B, H) dL/dh_t
         dc = torch.empty_like(h0).copy_(dc_T)  # (B, H) dL/dc_t, carried back through f
