@@ -137,6 +137,8 @@ class OptimConfig:
     """After warmup: cosine (decay to min_lr_ratio * lr at the end of the run) | constant."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of lr for the cosine schedule."""
+    ema_decay: float = 0.0
+    """Moving average of the weights, avg <- d * avg + (1 - d) * w every step (0 = off); evaluation and checkpoints use avg."""
 
     def __post_init__(self):
         _check(self.name in ("adamw", "sgd"), "optim.name", f"must be adamw or sgd, got {self.name!r}")
@@ -151,6 +153,7 @@ class OptimConfig:
         _check(self.schedule in ("cosine", "constant"), "optim.schedule",
                f"must be cosine or constant, got {self.schedule!r}")
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(0 <= self.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass

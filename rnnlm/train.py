@@ -10,6 +10,7 @@ written every `train.checkpoint_every` steps and `best.pt` whenever validation i
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import signal
@@ -101,6 +102,31 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
     except (RuntimeError, ValueError):  # older torch, or a device without the fused kernel
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+class ExponentialMovingAverage:
+    """An exponential moving average of a model's weights, kept in a copy of the model.
+
+        avg_1 = w_1,    avg_t = decay * avg_{t-1} + (1 - decay) * w_t
+
+    after every optimizer step t (Polyak averaging with exponential weights: the last
+    1 / (1 - decay) steps count most). Averaging irons out the step-to-step noise of
+    small-batch training; `module` is the averaged model, for evaluation and checkpoints.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        for avg, w in zip(self.module.parameters(), model.parameters()):
+            if self.updates == 0:
+                avg.copy_(w)
+            else:
+                avg.lerp_(w, 1 - self.decay)
+        self.updates += 1
 
 
 def get_lr(step: int, progress: float, cfg) -> float:
@@ -304,12 +330,19 @@ def _train(cfg: Config, device: torch.device) -> dict:
     model = RNNLM(vocab_size, cfg.model).to(device)
     ddp.seed_per_rank(tc.seed)  # distributed: same initial weights, each rank its own dropout masks
     optimizer = build_optimizer(model, cfg.optim)
+    # With optim.ema_decay the averaged weights are the run's model: validation, test and
+    # the checkpoints' `model` use them; training goes on from the raw ones (`trained_model`).
+    ema = ExponentialMovingAverage(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    eval_model = ema.module if ema is not None else model
     scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
     step, epoch, position, tokens_seen, elapsed, bad_steps_skipped = 0, 0, 0, 0, 0.0, 0
     best_val_loss = math.inf
     hidden = None
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        model.load_state_dict(resume.get("trained_model", resume["model"]))
+        if ema is not None:  # a run that did not average before starts its average here
+            ema.module.load_state_dict(resume["model"])
+            ema.updates = resume.get("ema_updates", 0)
         optimizer.load_state_dict(resume["optimizer"])
         if scaler is not None and resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
@@ -336,7 +369,8 @@ def _train(cfg: Config, device: torch.device) -> dict:
     def checkpoint(path: Path) -> None:
         # Never write a NaN: a checkpoint must always be a state worth resuming from.
         # (Every rank holds the same weights, so every rank decides alike.)
-        bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
+        bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"],
+                                 **({"averaged model": ema.module.state_dict()} if ema is not None else {})})
         if bad:
             where = f"the last good checkpoint is {last_good} (step {last_good_step})" if last_good \
                 else "no checkpoint was written"
@@ -348,7 +382,8 @@ def _train(cfg: Config, device: torch.device) -> dict:
         if ddp.is_main():
             save_checkpoint(path, {
                 "format_version": CHECKPOINT_FORMAT,
-                "model": unwrap_model(model).state_dict(),
+                "model": unwrap_model(eval_model).state_dict(),
+                **({"trained_model": model.state_dict(), "ema_updates": ema.updates} if ema is not None else {}),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "config": config_to_dict(cfg),
@@ -468,6 +503,8 @@ def _train(cfg: Config, device: torch.device) -> dict:
                 scaler.update()
             else:
                 optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             hidden = detach_state(new_hidden)
             step += 1
             position += x.size(1)
@@ -489,7 +526,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
             bar.update(1)
 
             if step % tc.eval_every == 0:
-                val = split_metrics(model, corpus, "valid", cfg, device, autocast, tc.eval_tokens)
+                val = split_metrics(eval_model, corpus, "valid", cfg, device, autocast, tc.eval_tokens)
                 log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
                      "seconds": round(time.perf_counter() - run_start, 2)})
                 if ddp.is_main():
@@ -525,7 +562,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
             signal.signal(sig, handler)
 
     # --- the end: final validation, checkpoints, test numbers of the best model
-    val = split_metrics(model, corpus, "valid", cfg, device, autocast)
+    val = split_metrics(eval_model, corpus, "valid", cfg, device, autocast)
     log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
          "seconds": round(elapsed, 2)})
     if ddp.is_main():
@@ -539,8 +576,8 @@ def _train(cfg: Config, device: torch.device) -> dict:
     if ddp.is_main():
         plot_run_quietly(out)
     best = load_checkpoint(out / "best.pt", map_location=device)
-    model.load_state_dict(best["model"])
-    test = split_metrics(model, corpus, "test", cfg, device, autocast)
+    eval_model.load_state_dict(best["model"])
+    test = split_metrics(eval_model, corpus, "test", cfg, device, autocast)
     minutes = (time.perf_counter() - run_start) / 60
     if ddp.is_main():
         print(f"trained {step} steps, {tokens_seen:,} tokens in {minutes:.1f} min"

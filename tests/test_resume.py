@@ -1,7 +1,8 @@
 """Exact resume: k steps + resume + (N - k) steps is bit-identical to N steps straight.
 
 The runs use every source of randomness in training (locked dropout, DropConnect on the
-hidden-to-hidden weights, embedding dropout), a cosine schedule and periodic evaluation,
+hidden-to-hidden weights, embedding dropout), a cosine schedule, periodic evaluation and
+an exponential moving average of the weights,
 and one of the resumes crosses an epoch boundary (16 batches per epoch here).
 """
 
@@ -20,7 +21,7 @@ from tests.conftest import read_metrics, tiny_config
 N = 22
 REGULARISED = ["model.num_layers=2", "model.dropout=0.2", "model.weight_drop=0.2", "model.embed_dropout=0.1",
                "train.batch_size=8", "train.seq_len=32", f"train.max_steps={N}", "train.eval_every=5",
-               "train.checkpoint_every=4"]
+               "train.checkpoint_every=4", "optim.ema_decay=0.8"]
 # 3,994 train characters as 8 streams of 499: an epoch is ceil(498 / 32) = 16 steps.
 STEPS_PER_EPOCH = 16
 
@@ -33,9 +34,10 @@ def train_losses(run_dir) -> list[tuple]:
 def assert_same_weights(run_a, run_b):
     a, b = load_checkpoint(run_a / "last.pt"), load_checkpoint(run_b / "last.pt")
     assert a["step"] == b["step"] == N
-    assert a["model"].keys() == b["model"].keys()
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
+    for weights in ("model", "trained_model"):  # the weight average and the weights it averages
+        assert a[weights].keys() == b[weights].keys()
+        for name in a[weights]:
+            assert torch.equal(a[weights][name], b[weights][name]), (weights, name)
     for name in ("epoch", "position", "tokens_seen"):
         assert a[name] == b[name], name
 

@@ -97,3 +97,39 @@ def test_clipping_keeps_a_plain_rnn_finite_where_an_unclipped_run_blows_up(tmp_p
         assert all(torch.isfinite(t).all() for t in ckpt["model"].values()), "a NaN reached a checkpoint"
     assert all(math.isfinite(x) and x < 100 for x in runs[0.25]), runs[0.25]
     assert max(runs[0]) > 1000 or len(runs[0]) < 30, runs[0]
+
+
+def test_ema_checkpoint_holds_the_average_of_the_raw_weights_and_validation_scores_it(tmp_path, text_file):
+    # Constant lr without warmup, so runs of 1, 2 and 3 steps follow one trajectory.
+    common = ["optim.schedule=constant", "optim.warmup_steps=0", "model.dropout=0.2"]
+    raw = []
+    for steps in (1, 2, 3):
+        train(tiny_config(tmp_path / f"raw{steps}", text_file, *common, f"train.max_steps={steps}"))
+        raw.append(load_checkpoint(tmp_path / f"raw{steps}" / "run" / "last.pt")["model"])
+        assert "trained_model" not in load_checkpoint(tmp_path / f"raw{steps}" / "run" / "last.pt")
+
+    cfg = tiny_config(tmp_path / "ema", text_file, *common, "train.max_steps=3", "optim.ema_decay=0.75")
+    result = train(cfg)
+    ckpt = load_checkpoint(tmp_path / "ema" / "run" / "last.pt")
+    assert ckpt["ema_updates"] == 3
+    for name, w3 in raw[2].items():
+        assert torch.equal(ckpt["trained_model"][name], w3), name  # averaging leaves training alone
+        expected = raw[0][name].clone().lerp_(raw[1][name], 0.25).lerp_(raw[2][name], 0.25)
+        assert torch.equal(ckpt["model"][name], expected), name
+        assert not torch.equal(expected, w3), name
+
+    # The run's validation (and its best.pt) are those of the averaged weights.
+    from rnnlm.data import corpus_from_config
+    from rnnlm.model import RNNLM
+    from rnnlm.train import split_metrics
+
+    corpus = corpus_from_config(cfg)
+    model = RNNLM(ckpt["vocab_size"], cfg.model)
+    scores = {}
+    for key in ("model", "trained_model"):
+        model.load_state_dict(ckpt[key])
+        scores[key] = split_metrics(model, corpus, "valid", cfg, torch.device("cpu"))["loss"]
+    assert result["valid"]["loss"] == pytest.approx(scores["model"], rel=1e-6)
+    assert scores["model"] != pytest.approx(scores["trained_model"], rel=1e-6)
+    assert torch.equal(load_checkpoint(tmp_path / "ema" / "run" / "best.pt")["model"]["embedding.weight"],
+                       ckpt["model"]["embedding.weight"])
