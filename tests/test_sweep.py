@@ -1,0 +1,51 @@
+"""scripts/sweep.py: trials side by side, and --equal-time giving each trial the same time."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("sweep", REPO / "scripts" / "sweep.py")
+sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sweep)
+
+
+def run_sweep(tmp_path, text_file, *args):
+    out = tmp_path / "rows.json"
+    code = sweep.main(["--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tmp_path / "trials"),
+                       "--json", str(out), "--set", *tiny_overrides(tmp_path, text_file), *args])
+    return code, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_equal_time_gives_a_slower_model_fewer_steps(tmp_path, text_file, capsys):
+    # A 16x wider layer costs many times the step: it must get fewer steps, the first trial exactly N.
+    code, rows = run_sweep(tmp_path, text_file, "--steps", "8", "--equal-time",
+                           "--trial", "narrow", "model.hidden_size=32",
+                           "--trial", "wide", "model.hidden_size=512")
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ms/step" in printed
+    narrow, wide = rows
+    assert narrow["steps"] == 8
+    assert 1 <= wide["steps"] < 8
+    assert wide["overrides"][-1] == f"train.max_steps={wide['steps']}"
+    assert all(r["val_bpc"] > 0 and r["test_bpc"] > 0 for r in rows)
+
+
+def test_equal_time_needs_a_step_budget(tmp_path, text_file, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_sweep(tmp_path, text_file, "--minutes", "1", "--equal-time", "--trial", "base")
+    assert e.value.code == 2
+    assert "--equal-time needs --steps" in capsys.readouterr().err
+
+
+def test_equal_time_reports_a_bad_trial_setting_in_one_line(tmp_path, text_file, capsys):
+    code, rows = run_sweep(tmp_path, text_file, "--steps", "4", "--equal-time",
+                           "--trial", "base", "--trial", "typo", "model.hiden_size=64")
+    assert code == 2 and rows is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "hiden_size" in err
