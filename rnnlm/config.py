@@ -138,7 +138,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of lr for the cosine schedule."""
     ema_decay: float = 0.0
-    """Moving average of the weights, avg <- d * avg + (1 - d) * w every step (0 = off); evaluation and checkpoints use avg."""
+    """Moving average of the weights, avg <- d * avg + (1 - d) * w every step (0 = off); evaluation and the checkpoint's model use avg."""
 
     def __post_init__(self):
         _check(self.name in ("adamw", "sgd"), "optim.name", f"must be adamw or sgd, got {self.name!r}")

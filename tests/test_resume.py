@@ -2,8 +2,8 @@
 
 The runs use every source of randomness in training (locked dropout, DropConnect on the
 hidden-to-hidden weights, embedding dropout), a cosine schedule, periodic evaluation and
-an exponential moving average of the weights,
-and one of the resumes crosses an epoch boundary (16 batches per epoch here).
+an exponential moving average of the weights, and one of the resumes crosses an epoch
+boundary (16 batches per epoch here).
 """
 
 import signal
