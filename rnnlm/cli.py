@@ -186,6 +186,12 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic", type=float, default=None, metavar="LR",
                    help="dynamic evaluation: after scoring each --seq-len segment, one SGD step at this "
                         "learning rate on it (one stream; the checkpoint is not changed)")
+    p.add_argument("--dynamic-rms", type=int, nargs="?", const=100_000, default=0, metavar="TOKENS",
+                   help="with --dynamic: divide each weight's step by its gradient RMS over TOKENS tokens "
+                        "of the checkpoint's training split (default 100000; needs its data.path)")
+    p.add_argument("--dynamic-decay", type=float, default=0.0, metavar="DECAY",
+                   help="with --dynamic: pull the weights back towards the checkpoint's by this rate per "
+                        "segment (scaled by the gradient RMS with --dynamic-rms), in [0, 1)")
     p.add_argument("--encoding", default=None, help="text encoding of --text (default: the run's data.encoding)")
     p.add_argument("--errors", choices=["strict", "replace", "ignore"], default=None,
                    help="undecodable bytes in --text (default: the run's data.errors)")
@@ -203,9 +209,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise RnnlmError(f"--dynamic must be a learning rate >= 0, got {args.dynamic}")
     if args.dynamic is not None and args.batch_size not in (None, 1):
         raise RnnlmError("--dynamic scores the text as one stream: leave out --batch-size")
+    if args.dynamic is None and (args.dynamic_rms or args.dynamic_decay):
+        raise RnnlmError("--dynamic-rms and --dynamic-decay refine dynamic evaluation: add --dynamic LR")
+    if not 0 <= args.dynamic_decay < 1:
+        raise RnnlmError(f"--dynamic-decay must be in [0, 1), got {args.dynamic_decay}")
+    if args.dynamic_rms < 0:
+        raise RnnlmError(f"--dynamic-rms must be a number of tokens >= 1, got {args.dynamic_rms}")
     lm = load_model_from_checkpoint(args.checkpoint, args.device)
     batch_size = args.batch_size or lm.config.train.batch_size
-    kwargs = dict(batch_size=batch_size, seq_len=args.seq_len, dynamic_lr=args.dynamic)
+    kwargs = dict(batch_size=batch_size, seq_len=args.seq_len, dynamic_lr=args.dynamic,
+                  dynamic_decay=args.dynamic_decay, dynamic_rms=args.dynamic_rms)
     if args.text:
         name = args.text
         m = score_text_file(lm, args.text, encoding=args.encoding, errors=args.errors, **kwargs)
@@ -213,9 +226,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name = args.split or "test"
         m = score_split(lm, name, **kwargs)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "source": name, "dynamic_lr": args.dynamic, **m}))
+        print(json.dumps({"checkpoint": args.checkpoint, "source": name, "dynamic_lr": args.dynamic,
+                          "dynamic_decay": args.dynamic_decay, "dynamic_rms": args.dynamic_rms, **m}))
     elif args.dynamic is not None:
-        print(format_metrics(f"{name} (dynamic evaluation, lr {args.dynamic:g})", m))
+        how = f"lr {args.dynamic:g}" + (f", rms over {args.dynamic_rms:,} tokens" if args.dynamic_rms else "")
+        how += f", decay {args.dynamic_decay:g}" if args.dynamic_decay else ""
+        print(format_metrics(f"{name} (dynamic evaluation, {how})", m))
     else:
         print(format_metrics(name, m))
     return 0

@@ -94,28 +94,90 @@ def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_l
     return float(total), count
 
 
-def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len: int = 128,
-                         device=None) -> tuple[float, int]:
+# eps of RMS-normalised dynamic evaluation, as a share of the mean gradient RMS. Chosen on
+# the first 20,000 validation tokens with the main job's checkpoint: at 0.01 and 0.001 the
+# rare tokens' embeddings blow up (NaN at lr 1e-4 and 3e-4), 0.1 and 0.3 score alike.
+RMS_EPS = 0.1
+
+
+def gradient_rms(model: RNNLM, ids: torch.Tensor, *, max_tokens: int, batch_size: int = 32, seq_len: int = 128,
+                 device=None) -> list[torch.Tensor]:
+    """Root mean square of each weight's gradient over up to `max_tokens` tokens of `ids`.
+
+        rms = sqrt( mean over segments of (grad_theta L_segment)^2 )
+
+    The statistic that RMS-normalised dynamic evaluation divides its steps by (Krause et
+    al., 2018, section 5). `ids` (the training split) is laid out as `batch_size` streams
+    spread over the whole text, so the segments come from all of it, not its first
+    pages; each segment's gradient is of its mean loss, with dropout off and the state
+    carried along each stream. One tensor per parameter, in ``model.parameters()`` order.
+    """
+    if ids.numel() < 2:
+        raise RnnlmError("the training split is too short to measure gradients on (dynamic_rms)")
+    device = device or next(model.parameters()).device
+    work = copy.deepcopy(model).eval()  # gradients land on a copy: `model` is not touched
+    params = list(work.parameters())
+    squares = [torch.zeros_like(p) for p in params]
+    inputs, targets = eval_streams(ids, batch_size, seq_len)
+    steps = max(1, min(inputs.size(1) // seq_len, max_tokens // (inputs.size(0) * seq_len)))
+    inputs, targets = inputs.to(device), targets.to(device)
+    state = None
+    for i in range(0, steps * seq_len, seq_len):
+        x, y = inputs[:, i:i + seq_len], targets[:, i:i + seq_len]
+        logits, state = work(x, state)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for sq, g in zip(squares, grads):
+            if g is not None:
+                sq.add_(g.square())
+        state = detach_state(state)
+    return [(sq / steps).sqrt_() for sq in squares]
+
+
+def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len: int = 128, decay: float = 0.0,
+                         grad_rms: Optional[list[torch.Tensor]] = None, device=None) -> tuple[float, int]:
     """Total NLL (nats) and scored tokens of `ids` under dynamic evaluation.
 
     Dynamic evaluation (Krause et al., 2018, "Dynamic Evaluation of Neural Sequence
     Models") adapts the model to the text as it reads it, as the hidden state does, but
     in the weights: each segment of ``seq_len`` tokens is scored with the weights as they
-    stand, and only then one SGD step on that segment's mean loss,
+    stand, and only then one step on that segment's mean loss moves them before the next
+    segment is scored. Plain SGD:
 
-        theta <- theta - lr * grad_theta L_segment,
+        theta <- theta - lr * g,                    g = grad_theta L_segment
 
-    moves them before the next segment is scored. One stream (batch 1) with the state
-    carried throughout, so each token is predicted from the text before it and nothing
-    after it. Dropout is off. Works on a copy: ``model`` keeps its weights.
+    With ``grad_rms`` (`gradient_rms` of the training text) each weight's step is divided
+    by its typical gradient size, and with ``decay`` the weights are pulled back towards
+    the trained ones, theta_0, hardest where gradients are largest (the paper's "RMS
+    with decay to the global prior"):
+
+        theta <- theta - lr * g / (rms + eps) + decay * r * (theta_0 - theta),
+        r = min(rms / mean(rms), 1 / decay)          (r = 1 without grad_rms)
+
+    with mean(rms) over all weights and eps = RMS_EPS * mean(rms), so a weight whose
+    gradient is almost always zero (the embedding of a rare token) cannot take a huge step.
+
+    One stream (batch 1) with the state carried throughout, so each token is predicted
+    from the text before it and nothing after it. Dropout is off. Works on a copy:
+    ``model`` keeps its weights.
     """
     if not (lr >= 0 and math.isfinite(lr)):  # the CLI checks --dynamic before loading anything
         raise RnnlmError(f"dynamic evaluation needs a learning rate >= 0 (dynamic_lr), got {lr}")
+    if not (0 <= decay < 1):
+        raise RnnlmError(f"dynamic evaluation needs a decay in [0, 1) (dynamic_decay), got {decay}")
     if ids.numel() < 2:
         return 0.0, 0
     device = device or next(model.parameters()).device
     adapted = copy.deepcopy(model).eval()  # deepcopy keeps tied weights tied
-    optimizer = torch.optim.SGD(adapted.parameters(), lr=lr)
+    params = list(adapted.parameters())
+    initial = [p.detach().clone() for p in params] if decay > 0 else None
+    if grad_rms is not None:
+        mean_rms = sum(float(r.sum()) for r in grad_rms) / sum(r.numel() for r in grad_rms)
+        step_scale = [1.0 / (r.to(device) + RMS_EPS * mean_rms) for r in grad_rms]
+        pull = [(decay * r.to(device) / mean_rms).clamp_(max=1.0) for r in grad_rms]
+    else:
+        step_scale = [None] * len(params)
+        pull = [decay] * len(params)
     inputs, targets = ids[None, :-1].to(device), ids[None, 1:].to(device)
     state = None
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -124,10 +186,17 @@ def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len:
         logits, state = adapted(x, state)
         nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
         total += nll.detach().double()  # the score, taken before the weights learn from it
-        optimizer.zero_grad(set_to_none=True)
-        (nll / y.numel()).backward()
-        optimizer.step()
+        grads = torch.autograd.grad(nll / y.numel(), params, allow_unused=True)
+        with torch.no_grad():
+            for k, (p, g) in enumerate(zip(params, grads)):
+                if initial is not None:  # the pull uses theta before this step, as in the formula
+                    p.add_((initial[k] - p).mul_(pull[k]))
+                if g is not None:
+                    p.add_(g if step_scale[k] is None else g * step_scale[k], alpha=-lr)
         state = detach_state(state)
+    if not math.isfinite(float(total)):
+        raise RnnlmError(f"dynamic evaluation diverged (the loss became {float(total)}): "
+                         f"use a smaller learning rate than {lr:g} (--dynamic, dynamic_lr)")
     return float(total), targets.size(1)
 
 
@@ -154,35 +223,44 @@ def format_metrics(name: str, m: dict) -> str:
 
 
 def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128,
-              dynamic_lr: Optional[float] = None) -> dict:
+              dynamic_lr: Optional[float] = None, dynamic_decay: float = 0.0, dynamic_rms: int = 0) -> dict:
     """Metrics of a loaded model (sample.LoadedModel) on token ids covering n_chars characters.
 
     With ``dynamic_lr``, dynamic evaluation at that learning rate (one stream: batch_size
-    does not apply).
+    does not apply), pulled back to the checkpoint's weights at ``dynamic_decay``, and
+    with ``dynamic_rms`` > 0 its steps normalised by the gradient RMS over that many
+    tokens of the checkpoint's training split (see `evaluate_ids_dynamic`).
     """
     from rnnlm import tokenizer as tokenization
 
     if dynamic_lr is not None:
-        nll, n = evaluate_ids_dynamic(lm.model, ids, lr=dynamic_lr, seq_len=seq_len, device=lm.device)
+        rms = None
+        if dynamic_rms > 0:
+            train_ids = checkpoint_corpus(lm).ids["train"]
+            rms = gradient_rms(lm.model, train_ids, max_tokens=dynamic_rms, seq_len=seq_len, device=lm.device)
+        nll, n = evaluate_ids_dynamic(lm.model, ids, lr=dynamic_lr, seq_len=seq_len, decay=dynamic_decay,
+                                      grad_rms=rms, device=lm.device)
     else:
         nll, n = evaluate_ids(lm.model, ids, batch_size=batch_size, seq_len=seq_len, device=lm.device)
     first = tokenization.decode(lm.tokenizer, ids[:1].tolist())
     return metrics(nll, n, scored_chars(n_chars, first))
 
 
-def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None) -> dict:
-    """Metrics of a loaded model on any text, the hidden state carried across all of it."""
+def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
+    """Metrics of a loaded model on any text, the hidden state carried across all of it.
+
+    ``dynamic``: dynamic_lr, dynamic_decay, dynamic_rms of `score_ids`."""
     from rnnlm import tokenizer as tokenization
     from rnnlm.errors import RnnlmError
 
     ids = torch.tensor(tokenization.encode(lm.tokenizer, text), dtype=torch.long)
     if ids.numel() < 2:
         raise RnnlmError("the text is too short to score: it needs at least two tokens")
-    return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr)
+    return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len, **dynamic)
 
 
 def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encoding: Optional[str] = None,
-                    errors: Optional[str] = None, dynamic_lr: Optional[float] = None) -> dict:
+                    errors: Optional[str] = None, **dynamic) -> dict:
     """score_text on a file read with `encoding` and `errors` (default: the checkpoint's
     data.encoding and data.errors); a bad file is named with the command's flags."""
     from rnnlm.data import read_text
@@ -190,15 +268,18 @@ def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encod
     dc = lm.config.data
     text = read_text(path, encoding=encoding or dc.encoding, errors=errors or dc.errors, what="text file",
                      settings=("--text", "--encoding", "--errors"))
-    return score_text(lm, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr)
+    return score_text(lm, text, batch_size=batch_size, seq_len=seq_len, **dynamic)
 
 
-def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128,
-                dynamic_lr: Optional[float] = None) -> dict:
-    """Metrics of a loaded model on one split of the corpus it was trained on."""
+def checkpoint_corpus(lm):
+    """The corpus a loaded model was trained on, encoded with its own tokenizer."""
     from rnnlm import tokenizer as tokenization
     from rnnlm.data import corpus_from_config
 
-    corpus = corpus_from_config(lm.config, tokenizer_json=tokenization.to_json(lm.tokenizer), progress=False)
-    return score_ids(lm, corpus.ids[split], corpus.chars[split], batch_size=batch_size, seq_len=seq_len,
-                     dynamic_lr=dynamic_lr)
+    return corpus_from_config(lm.config, tokenizer_json=tokenization.to_json(lm.tokenizer), progress=False)
+
+
+def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
+    """Metrics of a loaded model on one split of the corpus it was trained on."""
+    corpus = checkpoint_corpus(lm)
+    return score_ids(lm, corpus.ids[split], corpus.chars[split], batch_size=batch_size, seq_len=seq_len, **dynamic)

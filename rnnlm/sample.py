@@ -55,14 +55,17 @@ class LoadedModel:
         from rnnlm.predict import next_words
         return next_words(self, prompt, k, beam=beam)
 
-    def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None) -> dict:
+    def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None,
+              dynamic_decay: float = 0.0, dynamic_rms: int = 0) -> dict:
         """loss (nats/token), perplexity, bpc (bits per character), tokens and chars of `text`.
 
-        ``dynamic_lr``: dynamic evaluation at this learning rate (see
-        `rnnlm.evaluate.evaluate_ids_dynamic`; one stream, the model itself is not changed).
+        ``dynamic_lr``: dynamic evaluation at this learning rate, with ``dynamic_decay``
+        and ``dynamic_rms`` (training tokens for the gradient RMS) as in
+        `rnnlm.evaluate.evaluate_ids_dynamic` (one stream; the model itself is not changed).
         """
         from rnnlm.evaluate import score_text
-        return score_text(self, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr)
+        return score_text(self, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr,
+                          dynamic_decay=dynamic_decay, dynamic_rms=dynamic_rms)
 
     @cached_property
     def token_classes(self) -> list[str]:

@@ -1,5 +1,6 @@
 """Honest numbers: evaluate's bits per character agree with a hand computation."""
 
+import copy
 import json
 import math
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from rnnlm import tokenizer as tokenization
 from rnnlm.cli import main
 from rnnlm.errors import RnnlmError
-from rnnlm.evaluate import eval_streams, evaluate_ids, evaluate_ids_dynamic, score_text
+from rnnlm.evaluate import RMS_EPS, eval_streams, evaluate_ids, evaluate_ids_dynamic, gradient_rms, score_text
 from rnnlm.sample import load_model_from_checkpoint
 from rnnlm.train import train
 from tests.conftest import small_text, tiny_config
@@ -121,6 +122,63 @@ def test_dynamic_evaluation_refuses_a_bad_learning_rate(trained, lr):
         lm.score(TEXT, dynamic_lr=lr)
 
 
+def segment_grads(model, x, y, state=None):
+    """Mean-loss gradient of one segment (the reference the update rule is checked with)."""
+    logits, state = model(x, state)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+    return torch.autograd.grad(loss, list(model.parameters())), state, loss.detach()
+
+
+def test_gradient_rms_is_the_root_mean_square_of_segment_gradients(trained):
+    lm = trained["bpe"]
+    ids = torch.tensor(tokenization.encode(lm.tokenizer, TEXT))[:33]  # one stream: segments 0-7, 8-15, ...
+    rms = gradient_rms(lm.model, ids, max_tokens=16, batch_size=1, seq_len=8)
+    model = copy.deepcopy(lm.model).eval()
+    g1, state, _ = segment_grads(model, ids[None, 0:8], ids[None, 1:9])
+    g2, _, _ = segment_grads(model, ids[None, 8:16], ids[None, 9:17], [tuple(t.detach() for t in s) for s in state])
+    assert len(rms) == len(g1) == len(list(lm.model.parameters()))
+    for r, a, b in zip(rms, g1, g2):
+        torch.testing.assert_close(r, ((a * a + b * b) / 2).sqrt())
+    assert all(p.grad is None for p in lm.model.parameters())  # the model itself is not touched
+
+
+def test_dynamic_evaluation_with_rms_and_decay_follows_its_update_rule(trained):
+    lm = trained["bpe"]
+    ids = torch.tensor(tokenization.encode(lm.tokenizer, TEXT))[:17]  # two segments of 8 targets
+    rms = gradient_rms(lm.model, torch.tensor(tokenization.encode(lm.tokenizer, TEXT * 2)), max_tokens=64,
+                       batch_size=2, seq_len=8)
+    lr, decay = 0.01, 0.2
+    nll, n = evaluate_ids_dynamic(lm.model, ids, lr=lr, seq_len=8, decay=decay, grad_rms=rms)
+    # By hand: score segment 1, take one step of the formula in the docstring, score segment 2.
+    model = copy.deepcopy(lm.model).eval()
+    theta0 = [p.detach().clone() for p in model.parameters()]
+    grads, state, loss1 = segment_grads(model, ids[None, 0:8], ids[None, 1:9])
+    mean_rms = torch.cat([r.flatten() for r in rms]).mean()
+    with torch.no_grad():
+        for p, g, r, p0 in zip(model.parameters(), grads, rms, theta0):
+            pull = torch.clamp(r / mean_rms, max=1 / decay)
+            p.copy_(p - lr * g / (r + RMS_EPS * mean_rms) + decay * pull * (p0 - p))
+        logits, _ = model(ids[None, 8:16], state)
+        loss2 = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[9:17])
+    assert n == 16
+    assert nll == pytest.approx(8 * loss1.item() + 8 * loss2.item(), rel=1e-5)
+    # The RMS step differs from plain SGD's, and decay without steps leaves static scoring.
+    assert nll != pytest.approx(evaluate_ids_dynamic(lm.model, ids, lr=lr, seq_len=8, decay=decay)[0], rel=1e-6)
+    assert evaluate_ids_dynamic(lm.model, ids, lr=0.0, seq_len=8, decay=0.5, grad_rms=rms)[0] == pytest.approx(
+        evaluate_ids(lm.model, ids, batch_size=1, seq_len=8)[0], rel=1e-6)
+
+
+def test_dynamic_decay_pulls_the_weights_back(trained):
+    """On text repeated over and over, plain SGD learns it fastest; decay 0.9 undoes most
+    of each step, so it lands between SGD and static scoring."""
+    lm = trained["bpe"]
+    ids = torch.randint(lm.model.vocab_size, (40,), generator=torch.Generator().manual_seed(0)).repeat(4)
+    static = evaluate_ids(lm.model, ids, batch_size=1, seq_len=10)[0]
+    sgd = evaluate_ids_dynamic(lm.model, ids, lr=0.5, seq_len=10)[0]
+    decayed = evaluate_ids_dynamic(lm.model, ids, lr=0.5, seq_len=10, decay=0.9)[0]
+    assert sgd < decayed < static
+
+
 def test_evaluate_command_dynamic(trained, tmp_path, capsys):
     path = tmp_path / "other.txt"
     path.write_text(TEXT, encoding="utf-8")
@@ -132,7 +190,18 @@ def test_evaluate_command_dynamic(trained, tmp_path, capsys):
     assert out["bpc"] == pytest.approx(score_text(trained["bpe"], TEXT, seq_len=8, dynamic_lr=0.1)["bpc"])
     assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), "--dynamic", "0.1"]) == 0
     assert "(dynamic evaluation, lr 0.1)" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), "--dynamic", "0.01", "--seq-len", "8",
+                 "--dynamic-rms", "500", "--dynamic-decay", "0.02", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["dynamic_rms"], out["dynamic_decay"]) == (500, 0.02)
+    assert out["bpc"] == pytest.approx(score_text(trained["bpe"], TEXT, seq_len=8, dynamic_lr=0.01,
+                                                  dynamic_rms=500, dynamic_decay=0.02)["bpc"])
+    assert main(["evaluate", "--checkpoint", ckpt, "--split", "valid", "--dynamic", "0.01", "--dynamic-rms"]) == 0
+    assert "(dynamic evaluation, lr 0.01, rms over 100,000 tokens)" in capsys.readouterr().out
     for bad, message in ((["--dynamic", "-1"], "--dynamic must be a learning rate >= 0"),
+                         (["--dynamic-rms"], "add --dynamic LR"),
+                         (["--dynamic-decay", "0.1"], "add --dynamic LR"),
+                         (["--dynamic", "0.1", "--dynamic-decay", "1"], "--dynamic-decay must be in [0, 1)"),
                          (["--dynamic", "nan"], "--dynamic must be a learning rate >= 0"),
                          (["--dynamic", "0.1", "--batch-size", "4"], "one stream: leave out --batch-size")):
         assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), *bad]) != 0
