@@ -214,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not 0 <= args.dynamic_decay < 1:
         raise RnnlmError(f"--dynamic-decay must be in [0, 1), got {args.dynamic_decay}")
     if args.dynamic_rms < 0:
-        raise RnnlmError(f"--dynamic-rms must be a number of tokens >= 1, got {args.dynamic_rms}")
+        raise RnnlmError(f"--dynamic-rms must be a number of tokens >= 1 (0 turns it off), got {args.dynamic_rms}")
     lm = load_model_from_checkpoint(args.checkpoint, args.device)
     batch_size = args.batch_size or lm.config.train.batch_size
     kwargs = dict(batch_size=batch_size, seq_len=args.seq_len, dynamic_lr=args.dynamic,

@@ -202,6 +202,7 @@ def test_evaluate_command_dynamic(trained, tmp_path, capsys):
                          (["--dynamic-rms"], "add --dynamic LR"),
                          (["--dynamic-decay", "0.1"], "add --dynamic LR"),
                          (["--dynamic", "0.1", "--dynamic-decay", "1"], "--dynamic-decay must be in [0, 1)"),
+                         (["--dynamic", "0.1", "--dynamic-rms", "-5"], "--dynamic-rms must be a number of tokens"),
                          (["--dynamic", "nan"], "--dynamic must be a learning rate >= 0"),
                          (["--dynamic", "0.1", "--batch-size", "4"], "one stream: leave out --batch-size")):
         assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), *bad]) != 0
