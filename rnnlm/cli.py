@@ -187,7 +187,7 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="dynamic evaluation: after scoring each --seq-len segment, one SGD step at this "
                         "learning rate on it (one stream; the checkpoint is not changed)")
     p.add_argument("--dynamic-rms", type=int, nargs="?", const=100_000, default=0, metavar="TOKENS",
-                   help="with --dynamic: divide each weight's step by its gradient RMS over TOKENS tokens "
+                   help="with --dynamic: divide each weight's step by its gradient RMS over about TOKENS tokens "
                         "of the checkpoint's training split (default 100000; needs its data.path)")
     p.add_argument("--dynamic-decay", type=float, default=0.0, metavar="DECAY",
                    help="with --dynamic: pull the weights back towards the checkpoint's by this rate per "
