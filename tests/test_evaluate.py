@@ -115,6 +115,13 @@ def test_dynamic_evaluation_learns_from_the_text_and_leaves_the_model_alone(trai
     assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())
 
 
+def test_dynamic_evaluation_that_blows_up_is_one_error_not_a_number(trained):
+    lm = trained["bpe"]
+    ids = torch.randint(lm.model.vocab_size, (80,))
+    with pytest.raises(RnnlmError, match=r"dynamic evaluation diverged .* smaller learning rate than 1e\+06"):
+        evaluate_ids_dynamic(lm.model, ids, lr=1e6, seq_len=8)
+
+
 @pytest.mark.parametrize("lr", [-0.1, float("nan"), float("inf")])
 def test_dynamic_evaluation_refuses_a_bad_learning_rate(trained, lr):
     lm = trained["bpe"]
