@@ -195,11 +195,11 @@ def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len:
                 if g is not None:
                     p.add_(g if step_scale[k] is None else g * step_scale[k], alpha=-lr)
         state = detach_state(state)
-    # Diverged: not finite, or worse than twice a uniform guess over the vocabulary (no
-    # model, trained or freshly initialised, scores that; a run that blew up can stay
-    # finite: 6.7e19 nats/token was seen on War and Peace).
+    # Diverged: not finite, or worse than twice a uniform guess over the vocabulary (a
+    # freshly initialised model scores about one uniform guess; a run that blew up can
+    # stay finite: 6.7e19 nats/token was seen on War and Peace).
     mean_loss = float(total) / targets.size(1)
-    if not mean_loss <= 2 * math.log(logits.size(-1)):
+    if not mean_loss <= 2 * math.log(model.vocab_size):
         raise RnnlmError(f"dynamic evaluation diverged (the loss became {mean_loss:.4g} nats/token): "
                          f"use a smaller learning rate than {lr:g} (--dynamic, dynamic_lr)")
     return float(total), targets.size(1)
