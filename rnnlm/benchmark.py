@@ -123,7 +123,7 @@ class TorchStack(nn.Module):
 def adamw(model: nn.Module) -> torch.optim.Optimizer:
     """The trainer's AdamW (fused where this torch has it), for every contender alike."""
     from rnnlm.config import OptimConfig
-    from rnnlm.train import build_optimizer
+    from rnnlm.optim import build_optimizer
 
     return build_optimizer(model, OptimConfig(lr=1e-4))
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnlm import fused
+from rnnlm.config import CELL_KINDS
 from rnnlm.errors import RnnlmError
 
 State = tuple[Tensor, ...]
@@ -128,7 +129,10 @@ class LSTMCell(_Cell):
         return (h_new, c_new)
 
 
+# The class of each cell kind that config.CELL_KINDS names (and model.cell takes).
 CELLS = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
+if tuple(CELLS) != CELL_KINDS:
+    raise ImportError(f"cells.CELLS {tuple(CELLS)} must hold one class for each of config.CELL_KINDS {CELL_KINDS}")
 IMPLS = ("fast", "reference")
 
 

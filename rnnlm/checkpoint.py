@@ -24,9 +24,7 @@ Tensors are moved to the CPU before saving, so a GPU-trained model loads anywher
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from typing import Any
 import torch
 
 from rnnlm.errors import RnnlmError
+from rnnlm.files import atomic_write
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format_version", "model", "config", "tokenizer", "vocab_size")
@@ -62,44 +61,14 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    """Write `checkpoint` to `path` via a temporary file in the same folder and a rename.
-
-    os.replace is atomic on POSIX and Windows: a reader (or a crash at any moment) sees
-    either the old complete file or the new complete file, never half of one.
-    """
+    """Write `checkpoint` to `path` atomically and durably (see files.atomic_write)."""
     path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(to_cpu(checkpoint), f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-            raise RnnlmError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept}; "
-                             "free some disk space or set train.out_dir to a writable place") from None
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself survive a power cut (POSIX; not possible on Windows).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        atomic_write(path, lambda f: torch.save(to_cpu(checkpoint), f), durable=True)
+    except OSError as e:
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise RnnlmError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept}; "
+                         "free some disk space or set train.out_dir to a writable place") from None
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

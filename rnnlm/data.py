@@ -10,8 +10,6 @@ from __future__ import annotations
 import codecs
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from tokenizers import Tokenizer
 
 from . import tokenizer as tokenization
 from .errors import RnnlmError
+from .files import atomic_write
 
 WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
 
@@ -38,21 +37,17 @@ _CACHE_FORMAT = 1
 def download(url: str, path, progress: bool = True) -> Path:
     """Download ``url`` to ``path`` with a progress bar.
 
-    The bytes go to a temporary file in the same folder, renamed into place only when
-    complete, so an interrupted download never leaves a truncated ``path`` behind.
+    Written with files.atomic_write, so an interrupted download never leaves a
+    truncated ``path`` behind.
     """
     from tqdm import tqdm
 
     path = Path(path)
     hint = f"download it by hand and save it as {path} (or set data.path to a local text file)"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError as e:
-        raise RnnlmError(f"cannot write the download into {path.parent} ({e.strerror}); set data.path to a writable place") from None
-    try:
+
+    def fetch(out) -> None:
         request = urllib.request.Request(url, headers={"User-Agent": "rnnlm"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             total = response.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
             got = 0
@@ -64,21 +59,18 @@ def download(url: str, path, progress: bool = True) -> Path:
                     bar.update(len(chunk))
         if total is not None and got < total:
             raise RnnlmError(f"download of {url} stopped after {got} of {total} bytes; try again, or {hint}")
-        os.replace(tmp, path)
-    except BaseException as e:
-        _remove(tmp)
-        if isinstance(e, (urllib.error.URLError, http.client.HTTPException, OSError, ValueError)):
-            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-            raise RnnlmError(f"cannot download {url} ({reason}); {hint}") from None
-        raise
-    return path
 
-
-def _remove(path) -> None:
     try:
-        os.remove(path)
-    except OSError:
-        pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RnnlmError(f"cannot write the download into {path.parent} ({e.strerror}); "
+                         "set data.path to a writable place") from None
+    try:
+        atomic_write(path, fetch)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise RnnlmError(f"cannot download {url} ({reason}); {hint}") from None
+    return path
 
 
 def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: str = "data file",
@@ -273,19 +265,12 @@ def _load_cache(file: Path):
 
 
 def _save_cache(file: Path, entry: dict) -> None:
-    # Written to a temporary file and renamed, so concurrent runs never see half a file.
-    # A cache that cannot be written only costs time on the next run.
+    # Atomic, so concurrent runs never see half a file. A cache that cannot be written
+    # only costs time on the next run.
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+        atomic_write(file, lambda f: torch.save(entry, f))
     except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(entry, f)
-        os.replace(tmp, file)
-    except OSError:
-        _remove(tmp)
+        pass
 
 
 # ---------------------------------------------------------------------------------------

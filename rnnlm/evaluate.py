@@ -22,10 +22,9 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from rnnlm.errors import RnnlmError
-from rnnlm.model import RNNLM, detach_state
+from rnnlm.model import RNNLM, detach_state, lm_loss
 
 
 def eval_streams(ids: torch.Tensor, num_streams: int, seq_len: int):
@@ -86,8 +85,7 @@ def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_l
                 logits, state = model(x, state)
         else:
             logits, state = model(x, state)
-        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                 ignore_index=-100, reduction="sum").double()
+        total += lm_loss(logits, y, reduction="sum").double()
         count += int((y != -100).sum())
         state = detach_state(state)
     model.train(was_training)
@@ -126,7 +124,7 @@ def gradient_rms(model: RNNLM, ids: torch.Tensor, *, max_tokens: int, batch_size
     for i in range(0, steps * seq_len, seq_len):
         x, y = inputs[:, i:i + seq_len], targets[:, i:i + seq_len]
         logits, state = work(x, state)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100)
+        loss = lm_loss(logits, y)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for sq, g in zip(squares, grads):
             if g is not None:
@@ -185,7 +183,7 @@ def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len:
     for i in range(0, inputs.size(1), seq_len):
         x, y = inputs[:, i:i + seq_len], targets[:, i:i + seq_len]
         logits, state = adapted(x, state)
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        nll = lm_loss(logits, y, reduction="sum")
         total += nll.detach().double()  # the score, taken before the weights learn from it
         grads = torch.autograd.grad(nll / y.numel(), params, allow_unused=True)
         with torch.no_grad():

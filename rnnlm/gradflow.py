@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from rnnlm.errors import RnnlmError
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, lm_loss
 
 
 @dataclass
@@ -85,7 +84,7 @@ def gradient_flow(model: RNNLM, windows: torch.Tensor, layer: int = -1) -> list[
         with torch.enable_grad():
             logits, _ = model(x)
             # Summed, not averaged: each window's gradient is its own dL_T/dh_t.
-            loss = F.cross_entropy(logits[:, -1].float(), y, reduction="sum")
+            loss = lm_loss(logits[:, -1], y, reduction="sum")
             loss.backward()
     finally:
         handle.remove()
@@ -116,7 +115,7 @@ def clipping_run(model: RNNLM, windows: torch.Tensor, *, steps: int, lr: float, 
     x, y = windows[:, :-1], windows[:, 1:]
     for _ in range(steps):
         logits, _ = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss = lm_loss(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)

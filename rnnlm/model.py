@@ -133,6 +133,16 @@ class RNNLM(nn.Module):
         return step
 
 
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of next-token logits (..., V) against the token ids (...) that follow.
+
+    Computed in fp32 whatever the logits' type (under autocast they may be bf16/fp16);
+    targets of -100 are padding and not scored.
+    """
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           reduction=reduction, ignore_index=-100)
+
+
 def detach_state(state: State) -> State:
     """Cut the graph between batches: gradients stop here, the values carry on."""
     return [tuple(t.detach() for t in layer_state) for layer_state in state]

@@ -15,7 +15,6 @@ imported only when a picture is drawn, with the Agg backend so no display is nee
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Optional
 import yaml
 
 from rnnlm.errors import RnnlmError
+from rnnlm.files import read_jsonl
 
 PLOT_NAME = "training.png"
 MATPLOTLIB_MISSING = "matplotlib is not installed; pip install matplotlib (or pip install 'rnnlm[plot]') to draw plots"
@@ -45,12 +45,7 @@ def read_metrics(run_dir) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise RnnlmError(f"{path} not found; pass a run directory written by `rnnlm train` (train.out_dir)")
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    records = read_jsonl(path)
     if not records:
         raise RnnlmError(f"{path} holds no metrics yet; train for at least train.log_every steps")
     return records

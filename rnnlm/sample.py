@@ -23,6 +23,7 @@ import torch
 from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.config import Config, config_from_dict
+from rnnlm.device import resolve_device
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM
 
@@ -76,8 +77,6 @@ class LoadedModel:
 
 def load_model_from_checkpoint(path, device: Optional[str] = None) -> LoadedModel:
     """Rebuild the model from a checkpoint on `device` (default: cuda if available, else cpu)."""
-    from rnnlm.train import resolve_device
-
     dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = load_checkpoint(path, map_location=dev)
     cfg = config_from_dict(ckpt["config"])

@@ -9,8 +9,6 @@ written every `train.checkpoint_every` steps and `best.pt` whenever validation i
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import math
 import signal
@@ -20,7 +18,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from rnnlm import distributed as ddp
@@ -28,10 +25,13 @@ from rnnlm import fused
 from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
 from rnnlm.config import Config, config_to_dict, dump_config
+from rnnlm.device import autocast_context, resolve_device
 from rnnlm.data import Corpus, batchify, check_enough_tokens, corpus_from_config, get_batch
 from rnnlm.errors import RnnlmError
+from rnnlm.files import remove_temporaries
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
-from rnnlm.model import RNNLM, count_parameters, detach_state
+from rnnlm.model import RNNLM, count_parameters, detach_state, lm_loss
+from rnnlm.optim import ExponentialMovingAverage, build_optimizer, get_lr, run_progress
 from rnnlm.plots import log_to_tensorboard, open_tensorboard, plot_run_quietly
 
 # Settings whose change makes a checkpoint's weights or data position meaningless. The
@@ -53,110 +53,6 @@ class TrainingInterrupted(Exception):
 
 # ---------------------------------------------------------------------------------------
 # Pure helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RnnlmError(f"device {name} asked for, but CUDA is not available here; use auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RnnlmError("device mps asked for, but MPS is not available here; use auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise RnnlmError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-
-
-def autocast_context(device: torch.device, precision: str):
-    """A zero-argument factory of autocast contexts (nullcontext for fp32 or off CUDA)."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if device.type != "cuda":
-        raise RnnlmError(f"train.precision={precision} needs a CUDA device (got {device.type}); "
-                         "use train.precision=fp32")
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise RnnlmError("train.precision=bf16 is not supported by this GPU; use fp16 or fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW or SGD; weight decay on matrices only (not on biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    try:
-        # One fused kernel over all parameters where this torch has it (CUDA; CPU since
-        # torch 2.4): measured here 3.9 ms per step against 12.3 ms for the default
-        # (foreach) AdamW on the main job's 4.3 M parameters, ~4% of its training step.
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
-    except (RuntimeError, ValueError):  # older torch, or a device without the fused kernel
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-
-
-class ExponentialMovingAverage:
-    """An exponential moving average of a model's weights, kept in a copy of the model.
-
-        avg_1 = w_1,    avg_t = decay * avg_{t-1} + (1 - decay) * w_t
-
-    after every optimizer step t (Polyak averaging with exponential weights: the last
-    1 / (1 - decay) steps count most). Averaging irons out the step-to-step noise of
-    small-batch training; `module` is the averaged model, for evaluation and checkpoints.
-    After a cosine schedule that falls to 2% of its peak it did not help: the main job's
-    config with decay 0.998 scored 0.030 bpc worse than its own raw weights, with 0.99
-    the same as them (README).
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.module = copy.deepcopy(model).requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-
-    @torch.no_grad()
-    def update_parameters(self, model: torch.nn.Module) -> None:
-        for avg, w in zip(self.module.parameters(), model.parameters()):
-            if self.updates == 0:
-                avg.copy_(w)
-            else:
-                avg.lerp_(w, 1 - self.decay)
-        self.updates += 1
-
-
-def get_lr(step: int, progress: float, cfg) -> float:
-    """Learning rate at `step`: linear warmup over warmup_steps, then cosine by `progress`.
-
-    `progress` in [0, 1] is how far the run is towards its limit (steps, epochs or
-    minutes, whichever is nearest), so the cosine ends at min_lr_ratio * lr exactly when
-    the run does, also for a run bounded only by time.
-    """
-    warmup = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
-    if cfg.schedule == "constant":
-        return cfg.lr * warmup
-    progress = min(max(progress, 0.0), 1.0)
-    cosine = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr * warmup * cosine
-
-
-def run_progress(step: int, epoch_float: float, seconds: float, tc) -> float:
-    """Fraction of the run done: the largest of the fractions of each limit that is set."""
-    fractions = [0.0]
-    if tc.max_steps:
-        fractions.append(step / tc.max_steps)
-    if tc.max_epochs:
-        fractions.append(epoch_float / tc.max_epochs)
-    if tc.max_minutes:
-        fractions.append(seconds / (60 * tc.max_minutes))
-    return max(fractions)
 
 
 def rng_state(device: torch.device) -> dict:
@@ -240,8 +136,8 @@ def prepare_run_dir(cfg: Config) -> Optional[dict]:
 
 def _remove_stale_temporaries(out: Path) -> None:
     # A process killed while saving leaves its temporary file (never the checkpoint) behind.
-    for tmp in list(out.glob("last.pt.*.tmp")) + list(out.glob("best.pt.*.tmp")):
-        tmp.unlink(missing_ok=True)
+    for name in ("last.pt", "best.pt"):
+        remove_temporaries(out, name)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -461,7 +357,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
                 with ddp.grad_sync(train_model, sync=i == k - 1):  # DDP all-reduces after the last group
                     with autocast():
                         logits, hidden_i = train_model(x_i, hidden_i)  # (B/k, T, V)
-                        loss_i = F.cross_entropy(logits.float().reshape(-1, vocab_size), y_i.reshape(-1)) / k
+                        loss_i = lm_loss(logits, y_i) / k
                     (scaler.scale(loss_i) if scaler is not None else loss_i).backward()
                 loss += loss_i.detach()
                 new_hidden.append(hidden_i)
