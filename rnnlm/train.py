@@ -1,19 +1,24 @@
-"""Training: one loop you can read top to bottom, with small pure helpers beside it.
+"""Training: truncated backpropagation through time over B parallel streams of the text.
 
 The corpus is laid out as B parallel streams (see data.batchify); each step takes the
 next seq_len tokens of every stream, carries the hidden state over from the step before
 (detached: truncated backpropagation through time), clips the global gradient norm and
 takes an optimizer step. Validation runs every `train.eval_every` steps; `last.pt` is
 written every `train.checkpoint_every` steps and `best.pt` whenever validation improves.
+
+A run's life is `Trainer.setup()` (run directory, data, model, optimizer, resume),
+`Trainer.fit()` (the loop) and `Trainer.finish()` (final validation and test numbers).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,19 +30,17 @@ from rnnlm import fused
 from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
 from rnnlm.config import Config, config_to_dict, dump_config
-from rnnlm.device import autocast_context, resolve_device
 from rnnlm.data import Corpus, batchify, check_enough_tokens, corpus_from_config, get_batch
+from rnnlm.device import autocast_context, resolve_device
 from rnnlm.errors import RnnlmError
-from rnnlm.files import remove_temporaries
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
-from rnnlm.model import RNNLM, count_parameters, detach_state, lm_loss
+from rnnlm.files import write_text_atomic
+from rnnlm.model import RNNLM, State, count_parameters, detach_state, lm_loss
 from rnnlm.optim import ExponentialMovingAverage, build_optimizer, get_lr, run_progress
-from rnnlm.plots import log_to_tensorboard, open_tensorboard, plot_run_quietly
+from rnnlm.plots import plot_run_quietly
+from rnnlm.run_dir import MetricsLog, prepare_run_dir
+from rnnlm.train_state import TrainState, all_finite, nonfinite_tensors
 
-# Settings whose change makes a checkpoint's weights or data position meaningless. The
-# data itself is checked by the hash of its text (so a moved file may still resume);
-# run length, logging, evaluation, checkpointing and optimizer settings may change.
-RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size")
 LIMIT_NEEDED = "training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes"
 
 
@@ -51,109 +54,353 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
-# ---------------------------------------------------------------------------------------
-# Pure helpers
+def train(cfg: Config) -> dict:
+    """Train a model as configured; return the final metrics (validation and test).
 
-
-def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> list[str]:
-    """`section.key: saved -> current` for each setting that must match on resume."""
-    diffs = []
-    for key in keys:
-        section, _, name = key.partition(".")
-        a, b = saved.get(section, {}), current.get(section, {})
-        pairs = {name: (a.get(name), b.get(name))} if name else \
-            {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))}
-        for k, (x, y) in pairs.items():
-            if x != y:
-                diffs.append(f"{section}.{k}: {x!r} -> {y!r}")
-    return diffs
-
-
-def all_finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-def nonfinite_tensors(tree, prefix: str = "") -> list[str]:
-    """Names of the floating-point tensors in nested dicts/lists that hold a NaN or inf."""
-    if isinstance(tree, torch.Tensor):
-        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
-    return [name for k, v in items for name in nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
-
-
-# ---------------------------------------------------------------------------------------
-# Run directory and corpus
-
-
-def prepare_run_dir(cfg: Config) -> Optional[dict]:
-    """Create out_dir; return the checkpoint to resume from, if resuming.
-
-    A resume is refused, before any data is read, when the architecture, tokenizer or
-    batch layout differs from the checkpoint's: its weights or data position would be
-    meaningless. A fresh run never overwrites a run directory without train.overwrite.
+    Under torchrun this is one of N data-parallel processes (see rnnlm.distributed).
     """
-    out = Path(cfg.train.out_dir)
-    last = out / "last.pt"
-    if out.exists() and not out.is_dir():
-        raise RnnlmError(f"train.out_dir {out} is a file, not a directory; set train.out_dir to a folder")
-    if cfg.train.resume:
-        if not last.exists():
-            raise RnnlmError(f"cannot resume: {last} not found; start a new run without --resume")
-        checkpoint = load_checkpoint(last)
-        diffs = config_differences(checkpoint["config"], config_to_dict(cfg))
-        if diffs:
-            raise RnnlmError(f"cannot resume {last}: settings differ from the checkpoint's: " + "; ".join(diffs)
-                             + "; undo these changes, or start a new run with another train.out_dir or --overwrite")
-        _remove_stale_temporaries(out)
-        _truncate_metrics(out / "metrics.jsonl", checkpoint["step"])
-        return checkpoint
-    if out.exists() and any(out.iterdir()):
-        if not cfg.train.overwrite:
-            raise RnnlmError(f"run directory {out} already exists; continue it with --resume "
-                             "(train.resume=true), start over with --overwrite, or set train.out_dir")
-        for name in ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "tokenizer.json"):
-            (out / name).unlink(missing_ok=True)
-        _remove_stale_temporaries(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RnnlmError(f"cannot create run directory {out} ({e.strerror}); set train.out_dir to a writable place") from None
-    return None
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    # A process killed while saving leaves its temporary file (never the checkpoint) behind.
-    for name in ("last.pt", "best.pt"):
-        remove_temporaries(out, name)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the metrics logged after the checkpoint's step (and a half-written last line):
-    the resumed run logs those steps again."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    tc = cfg.train
+    if not (tc.max_steps or tc.max_epochs or tc.max_minutes or tc.resume):
+        raise RnnlmError(LIMIT_NEEDED)
+    device = ddp.local_device(resolve_device(tc.device), tc.device)  # torchrun on GPUs: cuda:LOCAL_RANK
+    with ddp.process_group(tc.backend, device):  # a no-op without torchrun
+        trainer = Trainer(cfg, device)
+        trainer.setup()
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
+            trainer.fit()
+        except (RnnlmError, TrainingInterrupted, KeyboardInterrupt):
+            raise
+        except Exception:  # a bug, not bad input: the traceback follows
+            trainer.report_failure()
+            raise
+        return trainer.finish()
+
+
+@dataclass
+class StepOutcome:
+    """What one training step did: `ok` is False when the update was skipped (non-finite)."""
+
+    ok: bool
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    hidden: State
+
+
+class Trainer:
+    """One training run; see the module docstring for its life."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg, self.tc, self.device = cfg, cfg.train, device
+        self.out = Path(cfg.train.out_dir)
+        self.state = TrainState()
+        self.last_good: Optional[Path] = None  # the newest good last.pt and its step
+        self.last_good_step = 0
+        self.bad_in_a_row = 0
+        self.run_start = time.perf_counter()
+        self.stop_signal: list[int] = []  # SIGINT/SIGTERM received, see stop_on_signals
+        self.log: Optional[MetricsLog] = None
+
+    # --- setup
+
+    def setup(self) -> None:
+        """Run directory, data, model and optimizer; resume from last.pt when asked to."""
+        tc = self.tc
+        ddp.check_batch_split(tc.batch_size, tc.grad_accum_steps)
+        with ddp.main_first():  # distributed: rank 0 checks and cleans out_dir first; the others then resume
+            resume = prepare_run_dir(self.cfg) if ddp.is_main() else (
+                load_checkpoint(self.out / "last.pt") if tc.resume else None)
+        if not (tc.max_steps or tc.max_epochs or tc.max_minutes):  # resuming: a missing last.pt was said first
+            raise RnnlmError(LIMIT_NEEDED)
+        self._configure_torch()
+        self._load_data(resume)
+        self._build_model()
+        if resume is not None:
+            self._restore(resume)
+        self.train_model = ddp.wrap_model(self.model, self.device)  # DistributedDataParallel under torchrun
+        self.train_model = torch.compile(self.train_model) if tc.compile else self.train_model
+        self.log = MetricsLog(self.out, tc.tensorboard)
+        if ddp.is_main():
+            self._announce(resume is not None)
+
+    def _configure_torch(self) -> None:
+        if self.tc.num_threads:
+            torch.set_num_threads(self.tc.num_threads)
+        torch.manual_seed(self.tc.seed)
+        if self.device.type == "cpu":
+            # Gradients that vanish through time become subnormal floats, which the CPU
+            # multiplies many times slower; flushing them to zero costs nothing.
+            torch.set_flush_denormal(True)
+        fused.keep_freed_memory()  # large tensors reuse freed pages instead of faulting in new ones
+        self.autocast = autocast_context(self.device, self.tc.precision)
+
+    def _load_data(self, resume: Optional[dict]) -> None:
+        """The corpus, its tokenizer trained on the train split (or taken from the checkpoint)."""
+        tc = self.tc
+        with ddp.main_first():  # distributed: rank 0 fills the token cache, the others read it
+            self.corpus = corpus_from_config(self.cfg, tokenizer_json=resume["tokenizer"] if resume else None,
+                                             progress=tc.progress and ddp.is_main())
+        if resume is not None and resume.get("text_hash") != self.corpus.text_hash:
+            raise RnnlmError(f"cannot resume {self.out / 'last.pt'}: the text of {self.cfg.data.path} (after "
+                             "data.encoding/data.errors) differs from the one this run was trained on; "
+                             "point data.path at that text")
+        self.vocab_size = self.corpus.tokenizer.get_vocab_size()
+        check_enough_tokens(self.corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
+        train_data = batchify(self.corpus.ids["train"], tc.batch_size)  # (B, N)
+        self.train_data = ddp.shard_rows(train_data).to(self.device)  # distributed: this rank's B/world streams
+        self.stream_len = self.train_data.size(1)
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        self.model = RNNLM(self.vocab_size, cfg.model).to(self.device)
+        ddp.seed_per_rank(self.tc.seed)  # distributed: same initial weights, each rank its own dropout masks
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        # With optim.ema_decay the averaged weights are the run's model: validation, test and
+        # the checkpoints' `model` use them; training goes on from the raw ones (`trained_model`).
+        self.ema = ExponentialMovingAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.eval_model = self.ema.module if self.ema is not None else self.model
+        self.scaler = torch.amp.GradScaler("cuda") if self.tc.precision == "fp16" else None
+
+    def _restore(self, resume: dict) -> None:
+        self.model.load_state_dict(resume.get("trained_model", resume["model"]))
+        if self.ema is not None:  # a run that did not average before starts its average here
+            self.ema.module.load_state_dict(resume["model"])
+            self.ema.updates = resume.get("ema_updates", 0)
+        self.optimizer.load_state_dict(resume["optimizer"])
+        if self.scaler is not None and resume.get("scaler"):
+            self.scaler.load_state_dict(resume["scaler"])
+        self.state = TrainState.from_checkpoint(resume, self.device)  # last: it restores the RNG
+        self.last_good, self.last_good_step = self.out / "last.pt", self.state.step
+
+    def _announce(self, resuming: bool) -> None:
+        tc = self.tc
+        write_text_atomic(self.out / "config.yaml", dump_config(self.cfg))
+        write_text_atomic(self.out / "tokenizer.json", tokenization.to_json(self.corpus.tokenizer))
+        print(dump_config(self.cfg).rstrip())
+        print(f"device {self.device} | vocab {self.vocab_size} | {count_parameters(self.model):,} parameters | "
+              f"train {self.corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {self.stream_len:,}"
+              + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
+              + (f" | resuming at step {self.state.step}" if resuming else ""))
+
+    # --- the loop
+
+    def fit(self) -> None:
+        """Train until the run's limit (steps, epochs or minutes), a signal or too many bad steps."""
+        tc, s = self.tc, self.state
+        self.run_start = time.perf_counter() - s.elapsed
+        window = LossWindow()
+        self.model.train()
+        done = run_progress(s.step, s.epoch_float(self.stream_len), s.elapsed, tc)
+        with stop_on_signals(self.stop_signal), ProgressBar(tc.progress and ddp.is_main(), s.step, done) as bar:
+            while True:
+                s.elapsed = ddp.from_main(time.perf_counter() - self.run_start)  # all ranks: same lr, same limit
+                progress = run_progress(s.step, s.epoch_float(self.stream_len), s.elapsed, tc)
+                if self._limit_reached():
+                    break
+                if s.position >= self.stream_len - 1:  # end of the streams: a new epoch starts afresh
+                    s.epoch, s.position, s.hidden = s.epoch + 1, 0, None
+                    continue
+                x, y = get_batch(self.train_data, s.position, tc.seq_len)  # (B, T), y shifted by one
+                lr = self._set_lr(get_lr(s.step, progress, self.cfg.optim))
+                outcome = self.train_step(x, y)
+                s.position += x.size(1)
+                if not outcome.ok:
+                    self._after_bad_step(outcome.hidden)
+                    continue
+                self.bad_in_a_row = 0
+                s.hidden, s.step = outcome.hidden, s.step + 1
+                s.tokens_seen += x.numel() * ddp.world_size()  # the global batch
+                window.add(outcome.loss.item(), x.numel() * ddp.world_size())
+                if s.step % tc.log_every == 0:
+                    self._log_training(window, lr, outcome.grad_norm, bar)
+                bar.show(s.step, run_progress(s.step, s.epoch_float(self.stream_len),
+                                              time.perf_counter() - self.run_start, tc))
+                self._after_step(bar)
+        # The run is over (max_steps, max_epochs or max_minutes): save before evaluating.
+        self.save_last()
+
+    def _limit_reached(self) -> bool:
+        tc, s = self.tc, self.state
+        return bool((tc.max_steps and s.step >= tc.max_steps)
+                    or (tc.max_epochs and s.epoch_float(self.stream_len) >= tc.max_epochs)
+                    or (tc.max_minutes and s.elapsed >= 60 * tc.max_minutes))
+
+    def _set_lr(self, lr: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutcome:
+        """One optimizer step on the batch (B, T) from the carried state.
+
+        The update is skipped (weights and optimizer state stay as they were) when the
+        loss or the gradient norm is not finite.
+        """
+        # Gradient accumulation: this rank's streams as k groups of B/k, one after another,
+        # each carrying its own state; each loss is divided by k, so the summed gradients
+        # are those of the mean over all the streams (k = 1: one plain forward/backward).
+        k = self.tc.grad_accum_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, hidden = torch.zeros((), device=self.device), []
+        for i, (x_i, y_i, hidden_i) in enumerate(ddp.micro_batches(x, y, self.state.hidden, k)):
+            with ddp.grad_sync(self.train_model, sync=i == k - 1):  # DDP all-reduces after the last group
+                with self.autocast():
+                    logits, hidden_i = self.train_model(x_i, hidden_i)  # (B/k, T, V)
+                    loss_i = lm_loss(logits, y_i) / k
+                (self.scaler.scale(loss_i) if self.scaler is not None else loss_i).backward()
+            loss += loss_i.detach()
+            hidden.append(hidden_i)
+        # Detached: the next batch starts from these values, but gradients stop here.
+        hidden = detach_state(ddp.cat_states(hidden))
+        loss = ddp.mean(loss)  # distributed: the global batch's loss, the same on every rank
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        # clip_grad_norm_ returns the norm before clipping; inf = measure only.
+        max_norm = self.cfg.optim.clip_grad_norm if self.cfg.optim.clip_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if not all_finite(loss, grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.update()
+            return StepOutcome(False, loss, grad_norm, hidden)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return StepOutcome(True, loss, grad_norm, hidden)
+
+    def _after_bad_step(self, hidden: State) -> None:
+        """Count a skipped step; save and stop on a signal or after too many in a row.
+
+        The data moves on. The state after the bad window is carried on only if it is
+        finite, else the streams restart from zeros, so one bad window cannot poison the next.
+        """
+        s, tc = self.state, self.tc
+        s.bad_steps_skipped += 1
+        self.bad_in_a_row += 1
+        finite = all_finite(*(t for layer in hidden for t in layer))
+        finite = float(ddp.mean(torch.tensor(float(finite)))) == 1.0  # all ranks decide alike
+        s.hidden = hidden if finite else None
+        signum = self._signal_received()
+        if signum or self.bad_in_a_row >= tc.max_bad_steps:
+            self.save_last()  # the weights are those of the last good step
+        if signum:
+            raise TrainingInterrupted(signum, s.step, self.out / "last.pt")
+        if self.bad_in_a_row >= tc.max_bad_steps:
+            raise RnnlmError(f"stopped: {self.bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                             f"(after step {s.step}); the last good weights (step {s.step}) are saved in "
+                             f"{self.last_good}; lower optim.lr or set optim.clip_grad_norm, then --resume")
+
+    def _after_step(self, bar: "ProgressBar") -> None:
+        """Validation, checkpoints and signals, each on its schedule."""
+        s, tc = self.state, self.tc
+        if s.step % tc.eval_every == 0:
+            val = self.evaluate("valid", tc.eval_tokens)
+            self._log_validation(val, time.perf_counter() - self.run_start, bar.write)
+            if val["loss"] < s.best_val_loss:
+                s.best_val_loss = val["loss"]
+                s.elapsed = time.perf_counter() - self.run_start
+                self.save(self.out / "best.pt")
+        if s.step % tc.checkpoint_every == 0:
+            self.save_last()
+        signum = self._signal_received()
+        if signum:
+            self.save_last()
+            raise TrainingInterrupted(signum, s.step, self.out / "last.pt")
+
+    def _signal_received(self) -> int:
+        return int(ddp.from_main(self.stop_signal[0] if self.stop_signal else 0))  # all ranks stop together
+
+    def _log_training(self, window: "LossWindow", lr: float, grad_norm: torch.Tensor, bar: "ProgressBar") -> None:
+        s = self.state
+        train_loss, tok_s = window.flush()
+        self.log({"step": s.step, "epoch": round(s.epoch_float(self.stream_len), 4), "tokens": s.tokens_seen,
+                  "train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
+                  "seconds": round(time.perf_counter() - self.run_start, 2)})
+        bar.set_postfix(loss=f"{train_loss:.3f}", ppl=f"{math.exp(min(train_loss, 700)):.1f}",
+                        lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+
+    def _log_validation(self, val: dict, seconds: float, write=print) -> None:
+        s = self.state
+        self.log({"step": s.step, "tokens": s.tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
+                  "seconds": round(seconds, 2)})
+        if ddp.is_main():
+            write(f"step {s.step}: " + format_metrics("valid", val))
+
+    # --- evaluation and checkpoints
+
+    def evaluate(self, split: str, max_tokens: Optional[int] = None) -> dict:
+        """loss / perplexity / bpc of the run's model (the average, with optim.ema_decay)."""
+        return split_metrics(self.eval_model, self.corpus, split, self.cfg, self.device, self.autocast, max_tokens)
+
+    def save_last(self) -> None:
+        """Write last.pt with the time so far; it is then the last good checkpoint."""
+        self.state.elapsed = time.perf_counter() - self.run_start
+        self.save(self.out / "last.pt")
+        self.last_good, self.last_good_step = self.out / "last.pt", self.state.step
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint (every rank calls this: it gathers state; rank 0 writes).
+
+        Never a NaN: a checkpoint must always be a state worth resuming from (every rank
+        holds the same weights, so every rank decides alike).
+        """
+        ema = self.ema
+        bad = nonfinite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
+                                 **({"averaged model": ema.module.state_dict()} if ema is not None else {})})
+        if bad:
+            where = (f"the last good checkpoint is {self.last_good} (step {self.last_good_step})" if self.last_good
+                     else "no checkpoint was written")
+            raise RnnlmError(f"not writing {path}: {', '.join(bad[:3])} hold NaN or inf after step "
+                             f"{self.state.step}; {where}; lower optim.lr or set optim.clip_grad_norm")
+        state = self.state.checkpoint_fields(self.device)
+        if ddp.is_main():
+            save_checkpoint(path, {
+                "format_version": CHECKPOINT_FORMAT,
+                "model": unwrap_model(self.eval_model).state_dict(),
+                **({"trained_model": self.model.state_dict(), "ema_updates": ema.updates} if ema is not None else {}),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "config": config_to_dict(self.cfg),
+                "tokenizer": tokenization.to_json(self.corpus.tokenizer),
+                "vocab_size": self.vocab_size,
+                **state,
+                "text_hash": self.corpus.text_hash,
+            })
+        ddp.barrier()  # nobody reads the file before it is complete
+
+    # --- the end
+
+    def report_failure(self) -> None:
+        """Say where the progress is when training stopped on a bug (not bad input or a signal)."""
+        where = (f"{self.last_good} holds the last checkpoint, of step {self.last_good_step} "
+                 "(continue with --resume)" if self.last_good else "no checkpoint was written yet")
+        print(f"training failed after step {self.state.step} with an unexpected error; {where}", file=sys.stderr)
+
+    def finish(self) -> dict:
+        """Final validation, best.pt if it is the best, then the test numbers of best.pt."""
+        s, out = self.state, self.out
+        val = self.evaluate("valid")
+        self._log_validation(val, s.elapsed)
+        if val["loss"] < s.best_val_loss or not ddp.from_main((out / "best.pt").exists()):
+            s.best_val_loss = val["loss"]
+            self.save(out / "best.pt")
+            self.save(out / "last.pt")  # again, so a resumed run knows the best loss so far
+        self.log.close()
+        if ddp.is_main():
+            plot_run_quietly(out)
+        best = load_checkpoint(out / "best.pt", map_location=self.device)
+        self.eval_model.load_state_dict(best["model"])
+        test = self.evaluate("test")
+        minutes = (time.perf_counter() - self.run_start) / 60
+        if ddp.is_main():
+            print(f"trained {s.step} steps, {s.tokens_seen:,} tokens in {minutes:.1f} min"
+                  + (f" ({s.bad_steps_skipped} non-finite steps skipped)" if s.bad_steps_skipped else ""))
+            print(f"best checkpoint {out / 'best.pt'} (step {best['step']}): " + format_metrics("test", test))
+        return {"valid": val, "test": test, "steps": s.step, "tokens": s.tokens_seen, "minutes": minutes,
+                "best_step": best["step"], "out_dir": str(out)}
 
 
 def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autocast=None,
@@ -176,316 +423,70 @@ def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autoca
     return metrics(nll, n, scored_chars(chars, first))
 
 
-# ---------------------------------------------------------------------------------------
-# The loop
+class LossWindow:
+    """Mean training loss and tokens per second since the last log line."""
+
+    def __init__(self):
+        self.loss, self.steps, self.tokens, self.start = 0.0, 0, 0, time.perf_counter()
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.tokens += tokens
+
+    def flush(self) -> tuple[float, float]:
+        now = time.perf_counter()
+        result = self.loss / self.steps, self.tokens / max(1e-9, now - self.start)
+        self.loss, self.steps, self.tokens, self.start = 0.0, 0, 0, now
+        return result
 
 
-def train(cfg: Config) -> dict:
-    """Train a model as configured; return the final metrics (validation and test).
+class ProgressBar:
+    """How far the run is towards its limit (steps, epochs or minutes), and the time left."""
 
-    Under torchrun this is one of N data-parallel processes (see rnnlm.distributed).
-    """
-    tc = cfg.train
-    if not (tc.max_steps or tc.max_epochs or tc.max_minutes or tc.resume):
-        raise RnnlmError(LIMIT_NEEDED)
-    device = ddp.local_device(resolve_device(tc.device), tc.device)  # torchrun on GPUs: cuda:LOCAL_RANK
-    with ddp.process_group(tc.backend, device):  # a no-op without torchrun
-        return _train(cfg, device)
+    SCALE = 1000  # the bar counts thousandths of the run
+
+    def __init__(self, enabled: bool, step: int, fraction: float):
+        self.bar = tqdm(total=self.SCALE, initial=self._ticks(fraction), disable=not enabled, dynamic_ncols=True,
+                        desc=f"step {step}", bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+
+    def show(self, step: int, fraction: float) -> None:
+        self.bar.set_description_str(f"step {step}", refresh=False)
+        self.bar.update(self._ticks(fraction) - self.bar.n)
+
+    def _ticks(self, fraction: float) -> int:
+        return min(self.SCALE, round(fraction * self.SCALE))
+
+    def set_postfix(self, **values) -> None:
+        self.bar.set_postfix(refresh=False, **values)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
-def _train(cfg: Config, device: torch.device) -> dict:
-    tc = cfg.train
-    ddp.check_batch_split(tc.batch_size, tc.grad_accum_steps)
-    with ddp.main_first():  # distributed: rank 0 checks and cleans out_dir first; the others then resume
-        resume = prepare_run_dir(cfg) if ddp.is_main() else (load_checkpoint(Path(tc.out_dir) / "last.pt")
-                                                              if tc.resume else None)
-    if not (tc.max_steps or tc.max_epochs or tc.max_minutes):  # resuming: a missing last.pt was said first
-        raise RnnlmError(LIMIT_NEEDED)
-    out = Path(tc.out_dir)
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    torch.manual_seed(tc.seed)
-    if device.type == "cpu":
-        # Gradients that vanish through time become subnormal floats, which the CPU
-        # multiplies up to 100x slower (measured); flushing them to zero costs nothing.
-        torch.set_flush_denormal(True)
-    fused.keep_freed_memory()  # large tensors reuse freed pages instead of faulting in new ones
-    autocast = autocast_context(device, tc.precision)
-
-    # --- data: tokenizer trained on the train split (or taken from the checkpoint)
-    with ddp.main_first():  # distributed: rank 0 fills the token cache, the others read it
-        corpus = corpus_from_config(cfg, tokenizer_json=resume["tokenizer"] if resume else None,
-                                      progress=tc.progress and ddp.is_main())
-    if resume is not None and resume.get("text_hash") != corpus.text_hash:
-        raise RnnlmError(f"cannot resume {out / 'last.pt'}: the text of {cfg.data.path} (after data.encoding/"
-                         "data.errors) differs from the one this run was trained on; point data.path at that text")
-    vocab_size = corpus.tokenizer.get_vocab_size()
-    check_enough_tokens(corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
-    train_data = batchify(corpus.ids["train"], tc.batch_size)  # (B, N)
-    train_data = ddp.shard_rows(train_data).to(device)  # distributed: this rank's B/world streams
-    stream_len = train_data.size(1)
-
-    # --- model and optimizer
-    model = RNNLM(vocab_size, cfg.model).to(device)
-    ddp.seed_per_rank(tc.seed)  # distributed: same initial weights, each rank its own dropout masks
-    optimizer = build_optimizer(model, cfg.optim)
-    # With optim.ema_decay the averaged weights are the run's model: validation, test and
-    # the checkpoints' `model` use them; training goes on from the raw ones (`trained_model`).
-    ema = ExponentialMovingAverage(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    eval_model = ema.module if ema is not None else model
-    scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
-    step, epoch, position, tokens_seen, elapsed, bad_steps_skipped = 0, 0, 0, 0, 0.0, 0
-    best_val_loss = math.inf
-    hidden = None
-    if resume is not None:
-        model.load_state_dict(resume.get("trained_model", resume["model"]))
-        if ema is not None:  # a run that did not average before starts its average here
-            ema.module.load_state_dict(resume["model"])
-            ema.updates = resume.get("ema_updates", 0)
-        optimizer.load_state_dict(resume["optimizer"])
-        if scaler is not None and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        step, epoch, position = resume["step"], resume["epoch"], resume["position"]
-        tokens_seen, elapsed = resume["tokens_seen"], resume["elapsed_seconds"]
-        bad_steps_skipped, best_val_loss = resume["bad_steps_skipped"], resume["best_val_loss"]
-        if resume["hidden"] is not None:  # the global batch's state; distributed: this rank's rows
-            hidden = ddp.shard_state([tuple(t.to(device) for t in layer) for layer in resume["hidden"]])
-        rng = ddp.own_rng_state(resume)
-        if rng is not None:
-            set_rng_state(rng, device)
-    train_model = ddp.wrap_model(model, device)  # DistributedDataParallel under torchrun
-    train_model = torch.compile(train_model) if tc.compile else train_model
-
-    if ddp.is_main():
-        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-        (out / "tokenizer.json").write_text(tokenization.to_json(corpus.tokenizer), encoding="utf-8")
-        print(dump_config(cfg).rstrip())
-        print(f"device {device} | vocab {vocab_size} | {count_parameters(model):,} parameters | "
-              f"train {corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {stream_len:,}"
-              + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
-              + (f" | resuming at step {step}" if resume else ""))
-
-    def checkpoint(path: Path) -> None:
-        # Never write a NaN: a checkpoint must always be a state worth resuming from.
-        # (Every rank holds the same weights, so every rank decides alike.)
-        bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"],
-                                 **({"averaged model": ema.module.state_dict()} if ema is not None else {})})
-        if bad:
-            where = f"the last good checkpoint is {last_good} (step {last_good_step})" if last_good \
-                else "no checkpoint was written"
-            raise RnnlmError(f"not writing {path}: {', '.join(bad[:3])} hold NaN or inf after step {step}; "
-                             f"{where}; lower optim.lr or set optim.clip_grad_norm")
-        # Every rank calls this (the state and RNG gathers are collectives); rank 0 writes.
-        global_hidden = ddp.gather_state(hidden)
-        rngs = ddp.gather_objects(rng_state(device))
-        if ddp.is_main():
-            save_checkpoint(path, {
-                "format_version": CHECKPOINT_FORMAT,
-                "model": unwrap_model(eval_model).state_dict(),
-                **({"trained_model": model.state_dict(), "ema_updates": ema.updates} if ema is not None else {}),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "config": config_to_dict(cfg),
-                "tokenizer": tokenization.to_json(corpus.tokenizer),
-                "vocab_size": vocab_size,
-                "step": step, "epoch": epoch, "position": position,
-                "tokens_seen": tokens_seen, "elapsed_seconds": elapsed,
-                "bad_steps_skipped": bad_steps_skipped, "best_val_loss": best_val_loss,
-                "hidden": [list(layer) for layer in global_hidden] if global_hidden is not None else None,
-                "rng": rngs[0], "rng_per_rank": rngs,
-                "text_hash": corpus.text_hash,
-            })
-        ddp.barrier()  # nobody reads the file before it is complete
-
-    tensorboard = open_tensorboard(out) if tc.tensorboard and ddp.is_main() else None
-
-    def log(record: dict) -> None:
-        if not ddp.is_main():
-            return
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if tensorboard is not None:
-            log_to_tensorboard(tensorboard, record)
-
-    # SIGINT / SIGTERM: finish the step in flight, save, then stop (see the loop's end).
-    # A second signal means "now": it interrupts at once (last.pt is then the periodic one).
-    stop_signal = []
-
+@contextlib.contextmanager
+def stop_on_signals(received: list):
+    """SIGINT / SIGTERM append their number to `received`: the loop finishes the step in
+    flight, saves and stops. A second signal means "now": it interrupts at once (last.pt
+    is then the periodic one). Only the main thread can install handlers; elsewhere
+    (e.g. a test's thread) signals keep their usual meaning."""
     def on_signal(signum, frame):
-        if stop_signal:
+        if received:
             raise KeyboardInterrupt
-        stop_signal.append(signum)
+        received.append(signum)
 
-    previous_handlers = {}
-    if _in_main_thread():
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[sig] = signal.signal(sig, on_signal)
-
-    batches_per_epoch = math.ceil((stream_len - 1) / tc.seq_len)
-    total = tc.max_steps or (int(tc.max_epochs * batches_per_epoch) if tc.max_epochs else None)
-    bar = tqdm(total=total, initial=step, disable=not (tc.progress and ddp.is_main()), dynamic_ncols=True,
-               unit="step")
-    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
-    bad_in_a_row = 0
-    last_good = out / "last.pt" if resume else None  # the newest last.pt and its step
-    last_good_step = step
-    run_start = time.perf_counter() - elapsed
-    model.train()
+            previous[sig] = signal.signal(sig, on_signal)
     try:
-        while True:
-            elapsed = ddp.from_main(time.perf_counter() - run_start)  # all ranks: same lr, same time limit
-            epoch_float = epoch + position / max(1, stream_len - 1)
-            if ((tc.max_steps and step >= tc.max_steps) or (tc.max_epochs and epoch_float >= tc.max_epochs)
-                    or (tc.max_minutes and elapsed >= 60 * tc.max_minutes)):
-                break
-            if position >= stream_len - 1:  # end of the streams: a new epoch starts afresh
-                epoch, position, hidden = epoch + 1, 0, None
-                continue
-
-            x, y = get_batch(train_data, position, tc.seq_len)  # (B, T), y shifted by one
-            lr = get_lr(step, run_progress(step, epoch_float, elapsed, tc), cfg.optim)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            # Gradient accumulation: this rank's streams as k groups of B/k, one after another,
-            # each carrying its own state; each loss is divided by k, so the summed gradients
-            # are those of the mean over all the streams (k = 1: one plain forward/backward).
-            k = tc.grad_accum_steps
-            optimizer.zero_grad(set_to_none=True)
-            loss, new_hidden = torch.zeros((), device=device), []
-            for i, (x_i, y_i, hidden_i) in enumerate(ddp.micro_batches(x, y, hidden, k)):
-                with ddp.grad_sync(train_model, sync=i == k - 1):  # DDP all-reduces after the last group
-                    with autocast():
-                        logits, hidden_i = train_model(x_i, hidden_i)  # (B/k, T, V)
-                        loss_i = lm_loss(logits, y_i) / k
-                    (scaler.scale(loss_i) if scaler is not None else loss_i).backward()
-                loss += loss_i.detach()
-                new_hidden.append(hidden_i)
-            new_hidden = ddp.cat_states(new_hidden)
-            loss = ddp.mean(loss)  # distributed: the global batch's loss, the same on every rank
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            # clip_grad_norm_ returns the norm before clipping; inf = measure only.
-            max_norm = cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-
-            if not all_finite(loss.detach(), grad_norm):
-                # Skip the update: weights and optimizer state stay as they were; the data
-                # moves on. The state after this window is carried on only if it is finite,
-                # else the streams restart from zeros, so one bad window cannot poison the next.
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.update()
-                bad_steps_skipped += 1
-                bad_in_a_row += 1
-                position += x.size(1)
-                new_hidden = detach_state(new_hidden)
-                finite = all_finite(*(t for layer in new_hidden for t in layer))
-                finite = float(ddp.mean(torch.tensor(float(finite)))) == 1.0  # all ranks decide alike
-                hidden = new_hidden if finite else None
-                signum = int(ddp.from_main(stop_signal[0] if stop_signal else 0))
-                if signum or bad_in_a_row >= tc.max_bad_steps:
-                    # The weights are those of the last good step: save them before stopping.
-                    elapsed = time.perf_counter() - run_start
-                    checkpoint(out / "last.pt")
-                    last_good, last_good_step = out / "last.pt", step
-                if signum:
-                    raise TrainingInterrupted(signum, step, out / "last.pt")
-                if bad_in_a_row >= tc.max_bad_steps:
-                    raise RnnlmError(f"stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
-                                     f"(after step {step}); the last good weights (step {step}) are saved in "
-                                     f"{last_good}; lower optim.lr or set optim.clip_grad_norm, then --resume")
-                continue
-            bad_in_a_row = 0
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            hidden = detach_state(new_hidden)
-            step += 1
-            position += x.size(1)
-            tokens_seen += x.numel() * ddp.world_size()  # the global batch
-
-            window_loss += loss.item()
-            window_steps += 1
-            window_tokens += x.numel() * ddp.world_size()
-            if step % tc.log_every == 0:
-                now = time.perf_counter()
-                train_loss = window_loss / window_steps
-                tok_s = window_tokens / max(1e-9, now - window_start)
-                log({"step": step, "epoch": round(epoch_float, 4), "tokens": tokens_seen, "train_loss": train_loss,
-                     "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
-                     "seconds": round(now - run_start, 2)})
-                bar.set_postfix(loss=f"{train_loss:.3f}", ppl=f"{math.exp(min(train_loss, 700)):.1f}",
-                                lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now
-            bar.update(1)
-
-            if step % tc.eval_every == 0:
-                val = split_metrics(eval_model, corpus, "valid", cfg, device, autocast, tc.eval_tokens)
-                log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
-                     "seconds": round(time.perf_counter() - run_start, 2)})
-                if ddp.is_main():
-                    bar.write(f"step {step}: " + format_metrics("valid", val))
-                elapsed = time.perf_counter() - run_start
-                if val["loss"] < best_val_loss:
-                    best_val_loss = val["loss"]
-                    checkpoint(out / "best.pt")
-            if step % tc.checkpoint_every == 0:
-                elapsed = time.perf_counter() - run_start
-                checkpoint(out / "last.pt")
-                last_good, last_good_step = out / "last.pt", step
-            signum = int(ddp.from_main(stop_signal[0] if stop_signal else 0))  # all ranks stop together
-            if signum:
-                elapsed = time.perf_counter() - run_start
-                checkpoint(out / "last.pt")
-                raise TrainingInterrupted(signum, step, out / "last.pt")
-        # The run is over (max_steps, max_epochs or max_minutes): save before evaluating.
-        elapsed = time.perf_counter() - run_start
-        checkpoint(out / "last.pt")
-        last_good, last_good_step = out / "last.pt", step
-    except (RnnlmError, TrainingInterrupted, KeyboardInterrupt):
-        raise
-    except Exception:
-        # A bug, not bad input: the traceback follows; say where the progress is.
-        where = (f"{last_good} holds the last checkpoint, of step {last_good_step} (continue with --resume)"
-                 if last_good else "no checkpoint was written yet")
-        print(f"training failed after step {step} with an unexpected error; {where}", file=sys.stderr)
-        raise
+        yield
     finally:
-        bar.close()
-        for sig, handler in previous_handlers.items():
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-    # --- the end: final validation, checkpoints, test numbers of the best model
-    val = split_metrics(eval_model, corpus, "valid", cfg, device, autocast)
-    log({"step": step, "tokens": tokens_seen, "val_loss": val["loss"], "val_bpc": val["bpc"],
-         "seconds": round(elapsed, 2)})
-    if ddp.is_main():
-        print(f"step {step}: " + format_metrics("valid", val))
-    if val["loss"] < best_val_loss or not ddp.from_main((out / "best.pt").exists()):
-        best_val_loss = val["loss"]
-        checkpoint(out / "best.pt")
-        checkpoint(out / "last.pt")  # again, so a resumed run knows the best loss so far
-    if tensorboard is not None:
-        tensorboard.close()
-    if ddp.is_main():
-        plot_run_quietly(out)
-    best = load_checkpoint(out / "best.pt", map_location=device)
-    eval_model.load_state_dict(best["model"])
-    test = split_metrics(eval_model, corpus, "test", cfg, device, autocast)
-    minutes = (time.perf_counter() - run_start) / 60
-    if ddp.is_main():
-        print(f"trained {step} steps, {tokens_seen:,} tokens in {minutes:.1f} min"
-              + (f" ({bad_steps_skipped} non-finite steps skipped)" if bad_steps_skipped else ""))
-        print(f"best checkpoint {out / 'best.pt'} (step {best['step']}): " + format_metrics("test", test))
-    return {"valid": val, "test": test, "steps": step, "tokens": tokens_seen, "minutes": minutes,
-            "best_step": best["step"], "out_dir": str(out)}
-
-
-def _in_main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,114 @@
+"""The run directory: created or checked before training, and the metrics log inside it.
+
+A run directory (``train.out_dir``) holds config.yaml, tokenizer.json, metrics.jsonl,
+last.pt and best.pt. A fresh run never overwrites one without ``train.overwrite``; a
+resumed run must keep the settings its checkpoint's weights and data position depend on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from rnnlm import distributed as ddp
+from rnnlm.checkpoint import load_checkpoint
+from rnnlm.config import Config, config_to_dict
+from rnnlm.errors import RnnlmError
+from rnnlm.files import append_jsonl, read_jsonl, remove_temporaries, write_text_atomic
+from rnnlm.plots import log_to_tensorboard, open_tensorboard
+
+# Settings whose change makes a checkpoint's weights or data position meaningless. The
+# data itself is checked by the hash of its text (so a moved file may still resume);
+# run length, logging, evaluation, checkpointing and optimizer settings may change.
+RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size")
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "tokenizer.json")
+
+
+def prepare_run_dir(cfg: Config) -> Optional[dict]:
+    """Create out_dir; return the checkpoint to resume from, if resuming.
+
+    A resume is refused, before any data is read, when the architecture, tokenizer or
+    batch layout differs from the checkpoint's: its weights or data position would be
+    meaningless. A fresh run never overwrites a run directory without train.overwrite.
+    """
+    out = Path(cfg.train.out_dir)
+    if out.exists() and not out.is_dir():
+        raise RnnlmError(f"train.out_dir {out} is a file, not a directory; set train.out_dir to a folder")
+    if cfg.train.resume:
+        return _checkpoint_to_resume(cfg, out)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.train.overwrite:
+            raise RnnlmError(f"run directory {out} already exists; continue it with --resume "
+                             "(train.resume=true), start over with --overwrite, or set train.out_dir")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        _remove_stale_temporaries(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RnnlmError(f"cannot create run directory {out} ({e.strerror}); set train.out_dir to a writable place") from None
+    return None
+
+
+def _checkpoint_to_resume(cfg: Config, out: Path) -> dict:
+    last = out / "last.pt"
+    if not last.exists():
+        raise RnnlmError(f"cannot resume: {last} not found; start a new run without --resume")
+    checkpoint = load_checkpoint(last)
+    diffs = config_differences(checkpoint["config"], config_to_dict(cfg))
+    if diffs:
+        raise RnnlmError(f"cannot resume {last}: settings differ from the checkpoint's: " + "; ".join(diffs)
+                         + "; undo these changes, or start a new run with another train.out_dir or --overwrite")
+    _remove_stale_temporaries(out)
+    truncate_metrics(out / "metrics.jsonl", checkpoint["step"])
+    return checkpoint
+
+
+def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> list[str]:
+    """`section.key: saved -> current` for each setting that must match on resume."""
+    diffs = []
+    for key in keys:
+        section, _, name = key.partition(".")
+        a, b = saved.get(section, {}), current.get(section, {})
+        pairs = {name: (a.get(name), b.get(name))} if name else \
+            {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))}
+        for k, (x, y) in pairs.items():
+            if x != y:
+                diffs.append(f"{section}.{k}: {x!r} -> {y!r}")
+    return diffs
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    # A process killed while saving leaves its temporary file (never the checkpoint) behind.
+    for name in ("last.pt", "best.pt"):
+        remove_temporaries(out, name)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metrics logged after the checkpoint's step (and a half-written last line):
+    the resumed run logs those steps again."""
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+class MetricsLog:
+    """Appends records to out_dir/metrics.jsonl (and TensorBoard); only the main process writes."""
+
+    def __init__(self, out: Path, tensorboard: bool):
+        self.path = out / "metrics.jsonl"
+        self.enabled = ddp.is_main()
+        self.tensorboard = open_tensorboard(out) if tensorboard and self.enabled else None
+
+    def __call__(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        append_jsonl(self.path, record)
+        if self.tensorboard is not None:
+            log_to_tensorboard(self.tensorboard, record)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
