@@ -13,9 +13,9 @@ def load_model(path, device=None):
         lm.next_words("Napoleon was the Emperor of", k=5)   # [(word, probability), ...]
         lm.score(text)                                       # loss, perplexity, bpc, ...
 
-    `device` defaults to cuda when available, else cpu. Returns a sample.LoadedModel.
+    `device` defaults to cuda when available, else cpu. Returns an inference.LoadedModel.
     """
-    from rnnlm.sample import load_model_from_checkpoint  # lazily: `import rnnlm` stays light
+    from rnnlm import inference  # lazily: `import rnnlm` stays light
 
-    return load_model_from_checkpoint(path, device)
+    return inference.load_model(path, device)
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from rnnlm.errors import RnnlmError
+from rnnlm.errors import RnnlmError, TrainingInterrupted
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):
@@ -31,8 +31,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command, turning user errors into one line and a non-zero exit code."""
-    from rnnlm.train import TrainingInterrupted
-
     warnings.showwarning = _warning_line
     try:
         return fn(args) or 0
@@ -132,9 +130,11 @@ def _stdin_has_data() -> bool:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from rnnlm.sample import generate, load_model_from_checkpoint, print_stream
+    from rnnlm.config import check_sampling
+    from rnnlm.inference import load_model
+    from rnnlm.sample import generate, print_stream
 
-    lm = load_model_from_checkpoint(args.checkpoint, args.device)
+    lm = load_model(args.checkpoint, args.device)
     sc = lm.config.sample
     opts = dict(
         max_new_tokens=sc.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens,
@@ -143,10 +143,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_p=sc.top_p if args.top_p is None else args.top_p,
         num_samples=args.num_samples, seed=args.seed,
     )
-    if opts["max_new_tokens"] < 0:
-        raise RnnlmError(f"--max-new-tokens must be >= 0, got {opts['max_new_tokens']}")
-    if opts["top_k"] < 0:
-        raise RnnlmError(f"--top-k must be >= 0, got {opts['top_k']}")
+    check_sampling(opts, name=lambda key: "--" + key.replace("_", "-"))
     if args.interactive:
         return interactive_generate(lm, opts)
     prompt = read_prompt(args, sc.prompt)
@@ -201,7 +198,7 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rnnlm.evaluate import format_metrics, score_split, score_text_file
-    from rnnlm.sample import load_model_from_checkpoint
+    from rnnlm.inference import load_model
 
     if args.batch_size is not None and args.batch_size < 1 or args.seq_len < 1:
         raise RnnlmError("--batch-size and --seq-len must be at least 1")
@@ -215,7 +212,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise RnnlmError(f"--dynamic-decay must be in [0, 1), got {args.dynamic_decay}")
     if args.dynamic_rms < 0:
         raise RnnlmError(f"--dynamic-rms must be a number of tokens >= 1 (0 turns it off), got {args.dynamic_rms}")
-    lm = load_model_from_checkpoint(args.checkpoint, args.device)
+    lm = load_model(args.checkpoint, args.device)
     batch_size = args.batch_size or lm.config.train.batch_size
     kwargs = dict(batch_size=batch_size, seq_len=args.seq_len, dynamic_lr=args.dynamic,
                   dynamic_decay=args.dynamic_decay, dynamic_rms=args.dynamic_rms)
@@ -301,7 +298,7 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
     from rnnlm.config import CELL_KINDS, load_config
     from rnnlm.data import corpus_from_config
     from rnnlm.model import RNNLM
-    from rnnlm.sample import load_model_from_checkpoint
+    from rnnlm.inference import load_model
 
     if not args.checkpoint and not args.config:
         raise RnnlmError("gradient-flow needs --checkpoint PT (trained) or --config FILE (untrained), or both")
@@ -309,7 +306,7 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
         raise RnnlmError("overrides need --config; a checkpoint's settings are fixed")
     if args.seq_len < 2 or args.windows < 1 or args.steps < 1:
         raise RnnlmError("--seq-len must be at least 2, --windows and --steps at least 1")
-    trained = [load_model_from_checkpoint(path, "cpu") for path in args.checkpoint]
+    trained = [load_model(path, "cpu") for path in args.checkpoint]
     cfg = load_config(args.config, args.overrides) if args.config else trained[0].config
     cells = args.cells.split(",") if args.cells else ([] if trained else [cfg.model.cell])
     for cell in cells:
@@ -377,11 +374,11 @@ PREDICT_EPILOG = ("With a word tokenizer the next word is the next token. With b
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from rnnlm.predict import format_table, next_words
-    from rnnlm.sample import load_model_from_checkpoint
+    from rnnlm.inference import load_model
 
     if args.top_k < 1 or args.beam < 1:
         raise RnnlmError("-k/--top-k and --beam must be at least 1")
-    lm = load_model_from_checkpoint(args.checkpoint, args.device)
+    lm = load_model(args.checkpoint, args.device)
     print(format_table(next_words(lm, args.prompt, args.top_k, beam=max(args.beam, args.top_k))))
     return 0
 

@@ -25,6 +25,31 @@ CELL_KINDS = ("rnn", "gru", "lstm")
 TOKENIZER_KINDS = ("bpe", "word", "char")
 
 
+# What each sampling setting must be: one rule for the config's sample section, the
+# command line, the Python API and the interactive mode.
+SAMPLING_RULES = {
+    "max_new_tokens": (lambda v: v >= 0, ">= 0"),
+    "temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    "top_k": (lambda v: v >= 0, ">= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "num_samples": (lambda v: v >= 1, "at least 1"),
+}
+
+
+def sampling_error(key: str, value) -> Optional[str]:
+    """"must be ..." when `value` is not allowed for the sampling setting `key`, else None."""
+    ok, allowed = SAMPLING_RULES[key]
+    return None if ok(value) else f"must be {allowed}"
+
+
+def check_sampling(settings: dict, name=lambda key: key.replace("_", "-")) -> None:
+    """Refuse, in one line, the first sampling setting out of its range; `name` shows a key."""
+    for key, value in settings.items():
+        problem = sampling_error(key, value) if key in SAMPLING_RULES else None
+        if problem:
+            raise RnnlmError(f"{name(key)} {problem}, got {value}")
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise RnnlmError(f"config: {key} {message}")
@@ -239,10 +264,7 @@ class SampleConfig:
     """Sample only among the most likely tokens whose probabilities sum to p (nucleus)."""
 
     def __post_init__(self):
-        _check(self.max_new_tokens >= 0, "sample.max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
-        _check(self.temperature >= 0, "sample.temperature", f"must be >= 0, got {self.temperature}")
-        _check(self.top_k >= 0, "sample.top_k", f"must be >= 0, got {self.top_k}")
-        _check(0 < self.top_p <= 1, "sample.top_p", f"must be in (0, 1], got {self.top_p}")
+        check_sampling(dataclasses.asdict(self), name=lambda key: f"config: sample.{key}")
 
 
 @dataclass

@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from rnnlm import tokenizer as tokenization
+from rnnlm.data import corpus_from_config, read_text
 from rnnlm.errors import RnnlmError
 from rnnlm.model import RNNLM, detach_state, lm_loss
 
@@ -227,15 +229,13 @@ def format_metrics(name: str, m: dict) -> str:
 
 def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128,
               dynamic_lr: Optional[float] = None, dynamic_decay: float = 0.0, dynamic_rms: int = 0) -> dict:
-    """Metrics of a loaded model (sample.LoadedModel) on token ids covering n_chars characters.
+    """Metrics of a loaded model (inference.LoadedModel) on token ids covering n_chars characters.
 
     With ``dynamic_lr``, dynamic evaluation at that learning rate (one stream: batch_size
     does not apply), pulled back to the checkpoint's weights at ``dynamic_decay``, and
     with ``dynamic_rms`` > 0 its steps normalised by the gradient RMS over that many
     tokens of the checkpoint's training split (see `evaluate_ids_dynamic`).
     """
-    from rnnlm import tokenizer as tokenization
-
     if dynamic_lr is not None:
         rms = None
         if dynamic_rms > 0:
@@ -253,9 +253,6 @@ def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128, **dyn
     """Metrics of a loaded model on any text, the hidden state carried across all of it.
 
     ``dynamic``: dynamic_lr, dynamic_decay, dynamic_rms of `score_ids`."""
-    from rnnlm import tokenizer as tokenization
-    from rnnlm.errors import RnnlmError
-
     ids = torch.tensor(tokenization.encode(lm.tokenizer, text), dtype=torch.long)
     if ids.numel() < 2:
         raise RnnlmError("the text is too short to score: it needs at least two tokens")
@@ -266,8 +263,6 @@ def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encod
                     errors: Optional[str] = None, **dynamic) -> dict:
     """score_text on a file read with `encoding` and `errors` (default: the checkpoint's
     data.encoding and data.errors); a bad file is named with the command's flags."""
-    from rnnlm.data import read_text
-
     dc = lm.config.data
     text = read_text(path, encoding=encoding or dc.encoding, errors=errors or dc.errors, what="text file",
                      settings=("--text", "--encoding", "--errors"))
@@ -276,9 +271,6 @@ def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encod
 
 def checkpoint_corpus(lm):
     """The corpus a loaded model was trained on, encoded with its own tokenizer."""
-    from rnnlm import tokenizer as tokenization
-    from rnnlm.data import corpus_from_config
-
     return corpus_from_config(lm.config, tokenizer_json=tokenization.to_json(lm.tokenizer), progress=False)
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, Optional
 
+from rnnlm.config import sampling_error
 from rnnlm.errors import RnnlmError
-from rnnlm.sample import LoadedModel, generate, print_stream
+from rnnlm.inference import LoadedModel
+from rnnlm.sample import generate, print_stream
 
 # /command -> (setting, type); each is a keyword argument of sample.generate.
 SETTINGS = {
@@ -53,11 +55,9 @@ def apply_command(line: str, settings: dict) -> str:
         new = kind(value.strip())
     except ValueError:
         return f"{name} needs a number, e.g. {name} {1 if kind is int else 0.7}"
-    ranges = {"temperature": (new >= 0, ">= 0 (0 = greedy)"), "top_k": (new >= 0, ">= 0 (0 = all)"),
-              "top_p": (0 < new <= 1, "in (0, 1]"), "max_new_tokens": (new >= 0, ">= 0"), "seed": (True, "")}
-    ok, allowed = ranges[key]
-    if not ok:
-        return f"{name} must be {allowed}, got {value.strip()}"
+    problem = sampling_error(key, new) if key != "seed" else None
+    if problem:
+        return f"{name} {problem}, got {value.strip()}"
     settings[key] = new
     return f"{key} = {new}"
 

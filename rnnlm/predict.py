@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rnnlm import tokenizer as tokenization
-from rnnlm.sample import LoadedModel, encode_prompt
+from rnnlm.sample import encode_prompt
 
 # Token classes, by the decoded text of the token alone.
 WORD, SPACE, LEADING_SPACE_WORD, PUNCT = "word", "space", "leading-space word", "punct"
@@ -63,9 +63,11 @@ def token_classes(tok, vocab_size: int) -> list[str]:
 
 
 @torch.no_grad()
-def next_words(lm: LoadedModel, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int = 24
+def next_words(lm, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int = 24
                ) -> list[tuple[str, float]]:
-    """The k most likely next words after `prompt` as (word, probability), most likely first."""
+    """The k most likely next words after `prompt` as (word, probability), most likely first.
+
+    `lm` is an inference.LoadedModel."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     model = lm.model

@@ -32,7 +32,7 @@ from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from rnnlm.config import Config, config_to_dict, dump_config
 from rnnlm.data import Corpus, batchify, check_enough_tokens, corpus_from_config, get_batch
 from rnnlm.device import autocast_context, resolve_device
-from rnnlm.errors import RnnlmError
+from rnnlm.errors import RnnlmError, TrainingInterrupted
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
 from rnnlm.files import write_text_atomic
 from rnnlm.model import RNNLM, State, count_parameters, detach_state, lm_loss
@@ -42,16 +42,6 @@ from rnnlm.run_dir import MetricsLog, prepare_run_dir
 from rnnlm.train_state import TrainState, all_finite, nonfinite_tensors
 
 LIMIT_NEEDED = "training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes"
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; the checkpoint is written and the run can be resumed."""
-
-    def __init__(self, signum: int, step: int, path: Path):
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} after step {step}; progress saved to {path} "
-                         f"(continue with: rnnlm train --resume {path.parent})")
-        self.signum = signum
 
 
 def train(cfg: Config) -> dict:

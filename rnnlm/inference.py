@@ -1,0 +1,85 @@
+"""A trained model loaded from its checkpoint, ready to generate, predict and score.
+
+    lm = load_model("runs/war_and_peace/best.pt")
+    lm.generate("Napoleon was the Emperor of", max_new_tokens=50, temperature=0.8)
+    lm.next_words("Napoleon was the Emperor of", k=5)   # [(word, probability), ...]
+    lm.score(text)                                       # loss, perplexity, bpc, ...
+
+Loading needs no GPU: a checkpoint's tensors are stored on the CPU and ``map_location``
+puts them on whatever device is asked for. Nothing here imports the training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Optional
+
+import torch
+
+from rnnlm import tokenizer as tokenization
+from rnnlm.checkpoint import load_checkpoint
+from rnnlm.config import Config, config_from_dict
+from rnnlm.device import resolve_device
+from rnnlm.errors import RnnlmError
+from rnnlm.evaluate import score_text
+from rnnlm.model import RNNLM
+from rnnlm.predict import next_words, token_classes
+from rnnlm.sample import generate
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer and config. Settings of `generate` left
+    as None come from the checkpoint's `sample` section."""
+
+    model: RNNLM
+    tokenizer: object
+    config: Config
+    device: torch.device
+    checkpoint_step: int
+
+    def generate(self, prompt: str, *, max_new_tokens: Optional[int] = None, temperature: Optional[float] = None,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None) -> str:
+        """One continuation of `prompt` (the new text only)."""
+        sc = self.config.sample
+        return generate(self, prompt, seed=seed,
+                        max_new_tokens=sc.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                        temperature=sc.temperature if temperature is None else temperature,
+                        top_k=sc.top_k if top_k is None else top_k,
+                        top_p=sc.top_p if top_p is None else top_p)[0]
+
+    def next_words(self, prompt: str, k: int = 10, *, beam: int = 16) -> list[tuple[str, float]]:
+        """The k most likely next words after `prompt`, as (word, probability) pairs (see predict.py)."""
+        return next_words(self, prompt, k, beam=beam)
+
+    def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None,
+              dynamic_decay: float = 0.0, dynamic_rms: int = 0) -> dict:
+        """loss (nats/token), perplexity, bpc (bits per character), tokens and chars of `text`.
+
+        ``dynamic_lr``: dynamic evaluation at this learning rate, with ``dynamic_decay``
+        and ``dynamic_rms`` (training tokens for the gradient RMS) as in
+        `rnnlm.evaluate.evaluate_ids_dynamic` (one stream; the model itself is not changed).
+        """
+        return score_text(self, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr,
+                          dynamic_decay=dynamic_decay, dynamic_rms=dynamic_rms)
+
+    @cached_property
+    def token_classes(self) -> list[str]:
+        """word / space / punctuation class of every token id, for next_words (decoded once)."""
+        return token_classes(self.tokenizer, self.model.vocab_size)
+
+
+def load_model(path, device: Optional[str] = None) -> LoadedModel:
+    """Rebuild the model from a checkpoint on `device` (default: cuda if available, else cpu)."""
+    dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt = load_checkpoint(path, map_location=dev)
+    cfg = config_from_dict(ckpt["config"])
+    tok = tokenization.from_json(ckpt["tokenizer"])
+    model = RNNLM(ckpt["vocab_size"], cfg.model)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise RnnlmError(f"checkpoint {path} does not match its own model config ({str(e).splitlines()[0]})") from None
+    model.to(dev).eval()
+    return LoadedModel(model, tok, cfg, dev, int(ckpt.get("step", 0)))
