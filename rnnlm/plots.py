@@ -26,7 +26,7 @@ from rnnlm.errors import RnnlmError
 from rnnlm.files import read_jsonl
 
 PLOT_NAME = "training.png"
-MATPLOTLIB_MISSING = "matplotlib is not installed; pip install matplotlib (or pip install 'rnnlm[plot]') to draw plots"
+MATPLOTLIB_MISSING = "matplotlib is not installed; pip install matplotlib (a dependency of rnnlm: reinstall with pip install -e .) to draw plots"
 
 
 def pyplot():
