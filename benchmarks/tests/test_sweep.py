@@ -1,17 +1,16 @@
-"""scripts/sweep.py: trials side by side, and --equal-time giving each trial the same time."""
+"""benchmarks/sweep.py: trials side by side, and --equal-time giving each trial the same time."""
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import sweep
 from tests.conftest import tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("sweep", REPO / "scripts" / "sweep.py")
-sweep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_sweep(tmp_path, text_file, *args):
@@ -21,6 +20,7 @@ def run_sweep(tmp_path, text_file, *args):
     return code, (json.loads(out.read_text()) if out.exists() else None)
 
 
+@pytest.mark.slow
 def test_equal_time_gives_a_slower_model_fewer_steps(tmp_path, text_file, capsys):
     # A 16x wider layer costs many times the step: it must get fewer steps, the first trial exactly N.
     code, rows = run_sweep(tmp_path, text_file, "--steps", "8", "--equal-time",
@@ -49,3 +49,12 @@ def test_equal_time_reports_a_bad_trial_setting_in_one_line(tmp_path, text_file,
     assert code == 2 and rows is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "hiden_size" in err
+
+
+@pytest.mark.slow
+def test_runs_as_a_script_from_the_repository_root():
+    # benchmarks/ is not installed: the script must find both packages from a checkout.
+    done = subprocess.run([sys.executable, "benchmarks/sweep.py", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--equal-time" in done.stdout and "--trial" in done.stdout

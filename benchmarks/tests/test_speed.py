@@ -1,11 +1,16 @@
-"""The benchmark's smoke run: every row is produced and the JSON carries the table."""
+"""The speed benchmark's smoke run: every row is produced and the JSON carries the table."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from rnnlm.benchmark import main
+import pytest
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "war_and_peace.yaml"
+from benchmarks.speed import main
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "war_and_peace.yaml"
 
 
 def test_quick_benchmark_writes_json(tmp_path, capsys):
@@ -23,3 +28,19 @@ def test_quick_benchmark_writes_json(tmp_path, capsys):
         if r["task"] in ("train", "lm train"):  # MFU against the peak timed in the same rounds
             assert r["peak_flops"] > 0
             assert abs(r["mfu"] - r["tokens_per_s"] * r["flops_per_token"] / r["peak_flops"]) < 1e-9 * r["mfu"]
+
+
+def test_unknown_cell_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--cells", "lstm,tcn"])
+    assert e.value.code == 2
+    assert "unknown cell 'tcn'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_runs_as_a_script_from_the_repository_root():
+    # benchmarks/ is not installed: the script must find both packages from a checkout.
+    done = subprocess.run([sys.executable, "benchmarks/speed.py", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout and "--json" in done.stdout and "--rounds" in done.stdout

@@ -1,6 +1,6 @@
 """Compare settings by short trials: validation bits per character against minutes.
 
-    python scripts/sweep.py --config configs/war_and_peace.yaml --minutes 3 \\
+    python benchmarks/sweep.py --config configs/war_and_peace.yaml --minutes 3 \\
         --trial "lstm 512" model.hidden_size=512 \\
         --trial "gru 512" model.cell=gru \\
         --trial "no dropout" model.dropout=0
@@ -11,13 +11,13 @@ validation bpc, steps, tokens/s and minutes. `--json FILE` also writes the rows.
 Run it on an otherwise idle machine: trials with a time budget compete for the CPU.
 
 A time budget (`--minutes`) lets the machine's speed of the moment decide: on a shared
-machine the same trial ran at 986 and at 2,900 tokens/s. A step budget (`--steps N`)
-computes the same thing at any speed, but a slower setting (a larger vocabulary, a wider
-model) gets the same steps as a faster one. `--steps N --equal-time` does both: it first
-times one training step of every trial's model side by side in this process (random
-tokens, alternating rounds, so a change of machine speed hits all alike), then gives the
-first trial N steps and every other trial the steps that take the same time:
-N * t_first / t_trial.
+machine the same trial can run at a third of its speed at another hour. A step budget
+(`--steps N`) computes the same thing at any speed, but a slower setting (a larger
+vocabulary, a wider model) gets the same steps as a faster one. `--steps N --equal-time`
+does both: it first times one training step of every trial's model side by side in this
+process (random tokens, alternating rounds: benchmarks/timing.py, so a change of machine
+speed hits all alike), then gives the first trial N steps and every other trial the
+steps that take the same time: N * t_first / t_trial.
 """
 
 from __future__ import annotations
@@ -26,24 +26,26 @@ import argparse
 import contextlib
 import io
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
+from benchmarks.timing import interleaved, lm_train_step_fn  # noqa: E402
 from rnnlm.config import load_config  # noqa: E402
 from rnnlm.errors import RnnlmError  # noqa: E402
+from rnnlm.files import read_jsonl  # noqa: E402
 from rnnlm.train import train  # noqa: E402
 
 
 def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7, reps: int = 3) -> list[float]:
     """Median seconds of one training step (forward, backward, clipping, AdamW) of each
-    trial's model, on random tokens, timed side by side (rnnlm.benchmark.interleaved).
+    trial's model, on random tokens, timed side by side (benchmarks.timing.interleaved).
     The vocabulary size is tokenizer.vocab_size (the text is not read)."""
     import torch
 
-    from rnnlm.benchmark import interleaved, lm_train_step_fn
     from rnnlm.model import RNNLM
 
     steps = {}
@@ -59,20 +61,21 @@ def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7,
 
 
 def run_trial(config: str, overrides: list[str], out_dir: Path) -> dict:
+    """Train one trial quietly into out_dir; its bpc, steps, tokens, minutes and median tokens/s."""
     cfg = load_config(config, overrides + [f"train.out_dir={out_dir}", "train.progress=false",
                                            "train.overwrite=true"])
     with contextlib.redirect_stdout(io.StringIO()):
         result = train(cfg)
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    speeds = [r["tokens_per_s"] for r in read_jsonl(out_dir / "metrics.jsonl") if "tokens_per_s" in r]
     return {
         "val_bpc": result["valid"]["bpc"], "test_bpc": result["test"]["bpc"],
         "steps": result["steps"], "tokens": result["tokens"], "minutes": result["minutes"],
-        "tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else float("nan"),
+        "tokens_per_s": statistics.median_high(speeds) if speeds else float("nan"),
     }
 
 
-def main(argv=None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; --equal-time without --steps is an error (exit 2)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="base YAML config")
     p.add_argument("--minutes", type=float, default=None, help="train.max_minutes of every trial")
@@ -88,24 +91,44 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.equal_time and not args.steps:
         p.error("--equal-time needs --steps N (the first trial's steps)")
+    return args
 
+
+def budget_overrides(minutes: float | None, steps: int | None) -> list[str]:
+    """The overrides that bound every trial by --minutes or --steps alone (no epoch limit)."""
     budget = []
-    if args.minutes:
-        budget += [f"train.max_minutes={args.minutes}", "train.max_steps=null", "train.max_epochs=null"]
-    if args.steps:
-        budget += [f"train.max_steps={args.steps}", "train.max_minutes=null", "train.max_epochs=null"]
+    if minutes:
+        budget += [f"train.max_minutes={minutes}", "train.max_steps=null", "train.max_epochs=null"]
+    if steps:
+        budget += [f"train.max_steps={steps}", "train.max_minutes=null", "train.max_epochs=null"]
+    return budget
+
+
+def equal_time_trials(config: str, common: list[str], trials: list[tuple[str, list[str]]],
+                      steps: int) -> list[tuple[str, list[str]]]:
+    """Each trial with train.max_steps appended: `steps` for the first, the same time's steps for the others.
+    Prints each trial's measured step time; a bad setting raises RnnlmError."""
+    secs = step_seconds(config, [common + overrides for _, overrides in trials])
+    scaled = []
+    for i, (name, overrides) in enumerate(trials):
+        n = max(1, round(steps * secs[0] / secs[i]))
+        print(f"{name:<28} {1e3 * secs[i]:7.1f} ms/step ({secs[i] / secs[0]:.3f}x): {n} steps")
+        scaled.append((name, overrides + [f"train.max_steps={n}"]))
+    return scaled
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the trials one after another and print (and with --json write) a row for each; 2 on a bad setting."""
+    args = parse_args(argv)
+    budget = budget_overrides(args.minutes, args.steps)
     root = Path(args.out or tempfile.mkdtemp(prefix="rnnlm-sweep-"))
     trials = [(name, overrides) for name, *overrides in args.trial]
     if args.equal_time:
         try:
-            secs = step_seconds(args.config, [args.set + overrides for _, overrides in trials])
+            trials = equal_time_trials(args.config, args.set, trials, args.steps)
         except RnnlmError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        for i, (name, overrides) in enumerate(trials):
-            steps = max(1, round(args.steps * secs[0] / secs[i]))
-            print(f"{name:<28} {1e3 * secs[i]:7.1f} ms/step ({secs[i] / secs[0]:.3f}x): {steps} steps")
-            trials[i] = (name, overrides + [f"train.max_steps={steps}"])
     rows = []
     print(f"{'trial':<28} {'val bpc':>8} {'test bpc':>8} {'steps':>6} {'tok/s':>7} {'min':>5}")
     for i, (name, overrides) in enumerate(trials):
