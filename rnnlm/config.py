@@ -424,7 +424,7 @@ def field_docs() -> dict[str, tuple[str, str]]:
     """{'section.key': (default as YAML, docstring line)} for every field, read from this file.
 
     The docstring line under each field is the single source of its documentation: the
-    README's configuration reference is checked against it by a test.
+    configuration reference in docs/design.md is checked against it by a test.
     """
     import ast
     import inspect
@@ -451,7 +451,7 @@ def field_docs() -> dict[str, tuple[str, str]]:
 
 
 def reference_table() -> str:
-    """The configuration reference as a Markdown table (as in the README)."""
+    """The configuration reference as a Markdown table (as in docs/design.md)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, (default, doc) in field_docs().items():
         rows.append(f"| `{key}` | `{default}` | {doc.replace('|', chr(92) + '|')} |")

@@ -94,10 +94,10 @@ def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_l
     return float(total), count
 
 
-# eps of RMS-normalised dynamic evaluation, as a share of the mean gradient RMS. Chosen with
-# the main job's checkpoint on validation: at 0.001 and 0.01 the loss went to NaN (its
-# smallest RMS, in the embedding rows of rare tokens, is 2e-11 against a mean of 8e-5, so
-# those weights take huge steps); 0.1 and 0.3 scored alike on the first 20,000 tokens.
+# eps of RMS-normalised dynamic evaluation, as a share of the mean gradient RMS. Not
+# smaller: the embedding rows of rare tokens have a gradient RMS many orders of magnitude
+# below the mean, and with a tiny eps those weights take huge steps and the loss goes
+# to NaN (docs/results.md, dynamic evaluation).
 RMS_EPS = 0.1
 
 

@@ -39,8 +39,8 @@ class Workspace:
 
     Why: the CPU allocator hands large blocks back to the OS when they are freed, so
     every training step would write into fresh pages, and the first touch of each 4 KB
-    page is a page fault. Measured here: ~3.5 us per fault and 37 thousand faults per
-    step for two LSTM layers at B=64, T=128, H=256, about a fifth of the step.
+    page is a page fault: tens of thousands of faults per step for a two-layer LSTM,
+    a sizeable share of the step (docs/speed.md).
 
     A buffer is handed out again only when nothing else holds its storage any more (an
     earlier output still in use, tensors a graph saved with ``retain_graph=True``, a
@@ -79,12 +79,11 @@ def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed large blocks for reuse; True if it took the settings.
 
     Workspace covers the recurrent layers' buffers, but every step also allocates the
-    logits, their softmax and gradients (16 MB each for the main job's 1,024 x 4,096) through
+    logits, their softmax and gradients (16 MB each for 1,024 tokens x 4,096 words) through
     plain malloc, which maps blocks above its mmap threshold fresh and trims the heap when
-    they are freed: each step then faults their pages in anew. Measured for the main job's
-    training step: ~3,500 page faults per step by default, ~300 with these settings, and
-    the step ~7% faster (median of six runs each). Both settings are needed: a trim
-    threshold alone also freezes the mmap threshold low, and faults rose to 35,000.
+    they are freed: each step then faults their pages in anew (about ten times as many
+    faults per step as with these settings; docs/speed.md). Both settings are needed: a
+    trim threshold alone also freezes the mmap threshold low, and the faults multiply.
     Process-wide and harmless elsewhere (not glibc: nothing happens). Freed memory stays
     with the process, up to the largest step's working set.
     """
@@ -106,9 +105,9 @@ def _empty(ws: Workspace | None, shape: tuple[int, ...], like: Tensor) -> Tensor
 def transposed(w: Tensor) -> Tensor:
     """W^T laid out for ``h @ W^T``.
 
-    On CPU, MKL multiplies (B, H) @ (H, G*H) two to three times faster from a row-major
-    copy of W^T than from the transposed view of W (measured at H = 512); the copy costs
-    about one step's matmul per forward call. cuBLAS (and MPS) take the view as it is.
+    On CPU, MKL multiplies (B, H) @ (H, G*H) several times faster from a row-major copy
+    of W^T than from the transposed view of W; the copy costs about one step's matmul
+    per forward call. cuBLAS (and MPS) take the view as it is.
     """
     return w.t().contiguous() if w.device.type == "cpu" else w.t()
 
@@ -120,9 +119,9 @@ class _StepMatmul:
     """``acc + v @ W^T`` for many steps with the same W and batch: the forward loop's matmul.
 
     On CPU in float32 with MKL, W is packed once per call (``cblas_sgemm_pack``, through
-    ``torch.ops.mkl`` as torch.compile's CPU backend uses it), so no step re-packs it:
-    measured 15-35% faster per step at B = 32..64, H = 256..512, and the packing costs
-    less than one step. Elsewhere (CUDA, float64, small batches): ``addmm`` with W^T laid
+    ``torch.ops.mkl`` as torch.compile's CPU backend uses it), so no step re-packs it
+    (faster per step than ``addmm`` at training batch sizes; the packing costs less than
+    one step). Elsewhere (CUDA, float64, small batches): ``addmm`` with W^T laid
     out by `transposed`.
     """
 
@@ -299,8 +298,8 @@ class _LSTM(torch.autograd.Function):
         dh = torch.empty_like(h0)  # (B, H) dL/dh_t
         dc = torch.empty_like(h0).copy_(dc_T)  # (B, H) dL/dc_t, carried back through f
         dc_3 = dc.unsqueeze(1)  # (B, 1, H): broadcast over the i, f, g blocks
-        # Packed here, unlike the rnn and gru backward: with the LSTM's 4H-wide gates it
-        # measured ~2% faster than the plain addmm in the layer (B=64, T=128, H=256).
+        # Packed here, unlike the rnn and gru backward: with the LSTM's 4H-wide gates
+        # packing is a little faster than the plain addmm (docs/speed.md).
         back = _StepMatmul(w_hh.t(), B, T)  # dgates @ W_hh
         DY, DG, A, F_ = dy.unbind(0), dgates.unbind(0), a.unbind(0), f.unbind(0)
         dIFG, dO = d_ifg.unflatten(-1, (3, H)).unbind(0), d_o.unbind(0)
@@ -429,7 +428,7 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 # Under torch.compile this runs as it is (a graph break): it is already written out by
-# hand, and inductor cannot lower MKL's packed GEMM (measured: LoweringException).
+# hand, and inductor cannot lower MKL's packed GEMM (it raises a LoweringException).
 @torch.compiler.disable
 def run(cell: str, x: Tensor, state: tuple, w_ih, w_hh, b_ih, b_hh, ws: Workspace | None = None) -> tuple[Tensor, tuple]:
     """Run ``cell`` ("rnn" | "gru" | "lstm") over x (T, B, I) from ``state``.
@@ -499,9 +498,8 @@ class Stepper:
     """``new_state = stepper(x, state)``: one step of ``cell`` without autograd.
 
     Holds the weights from `step_weights` and, for the batch shape of the last call, the
-    gate buffers with their slices made once: at batch 1 a slice costs about 3 us, as much
-    as the elementwise op that uses it, and a GRU step takes six of them (the GRU layer
-    step at B=1, H=448 took 25% less time with the buffers than slicing fresh tensors).
+    gate buffers with their slices made once: at batch 1 a slice costs about as much as
+    the elementwise op that uses it, and a GRU step takes six of them.
     The returned state is always a new tensor; only the gate buffers are reused, so a
     Stepper is for one loop at a time (not for threads sharing it).
     """
