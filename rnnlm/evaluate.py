@@ -171,14 +171,7 @@ def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len:
     device = device or next(model.parameters()).device
     adapted = copy.deepcopy(model).eval()  # deepcopy keeps tied weights tied
     params = list(adapted.parameters())
-    initial = [p.detach().clone() for p in params] if decay > 0 else None
-    if grad_rms is not None:
-        mean_rms = sum(float(r.sum()) for r in grad_rms) / sum(r.numel() for r in grad_rms)
-        step_scale = [1.0 / (r.to(device) + RMS_EPS * mean_rms) for r in grad_rms]
-        pull = [(decay * r.to(device) / mean_rms).clamp_(max=1.0) for r in grad_rms]
-    else:
-        step_scale = [None] * len(params)
-        pull = [decay] * len(params)
+    update = _DynamicUpdate(params, lr=lr, decay=decay, grad_rms=grad_rms, device=device)
     inputs, targets = ids[None, :-1].to(device), ids[None, 1:].to(device)
     state = None
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -187,22 +180,46 @@ def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len:
         logits, state = adapted(x, state)
         nll = lm_loss(logits, y, reduction="sum")
         total += nll.detach().double()  # the score, taken before the weights learn from it
-        grads = torch.autograd.grad(nll / y.numel(), params, allow_unused=True)
-        with torch.no_grad():
-            for k, (p, g) in enumerate(zip(params, grads)):
-                if initial is not None:  # the pull uses theta before this step, as in the formula
-                    p.add_((initial[k] - p).mul_(pull[k]))
-                if g is not None:
-                    p.add_(g if step_scale[k] is None else g * step_scale[k], alpha=-lr)
+        update(torch.autograd.grad(nll / y.numel(), params, allow_unused=True))
         state = detach_state(state)
     # Diverged: not finite, or worse than twice a uniform guess over the vocabulary (a
     # freshly initialised model scores about one uniform guess; a run that blew up can
-    # stay finite: 6.7e19 nats/token was seen on War and Peace).
+    # stay finite at an absurd loss).
     mean_loss = float(total) / targets.size(1)
     if not mean_loss <= 2 * math.log(model.vocab_size):
         raise RnnlmError(f"dynamic evaluation diverged (the loss became {mean_loss:.4g} nats/token): "
                          f"use a smaller learning rate than {lr:g} (--dynamic, dynamic_lr)")
     return float(total), targets.size(1)
+
+
+class _DynamicUpdate:
+    """One step of dynamic evaluation on every weight (see `evaluate_ids_dynamic`):
+
+        theta <- theta + pull * (theta_0 - theta) - lr * g * scale
+
+    with scale = 1 / (rms + eps) and pull = decay * r given the gradient RMS, else
+    scale = 1 and pull = decay.
+    """
+
+    def __init__(self, params: list[torch.Tensor], *, lr: float, decay: float,
+                 grad_rms: Optional[list[torch.Tensor]], device):
+        self.params, self.lr = params, lr
+        self.initial = [p.detach().clone() for p in params] if decay > 0 else None
+        if grad_rms is not None:
+            mean_rms = sum(float(r.sum()) for r in grad_rms) / sum(r.numel() for r in grad_rms)
+            self.scale = [1.0 / (r.to(device) + RMS_EPS * mean_rms) for r in grad_rms]
+            self.pull = [(decay * r.to(device) / mean_rms).clamp_(max=1.0) for r in grad_rms]
+        else:
+            self.scale = [None] * len(params)
+            self.pull = [decay] * len(params)
+
+    @torch.no_grad()
+    def __call__(self, grads) -> None:
+        for k, (p, g) in enumerate(zip(self.params, grads)):
+            if self.initial is not None:  # the pull uses theta before this step, as in the formula
+                p.add_((self.initial[k] - p).mul_(self.pull[k]))
+            if g is not None:
+                p.add_(g if self.scale[k] is None else g * self.scale[k], alpha=-self.lr)
 
 
 def metrics(nll_sum: float, n_tokens: int, n_chars: int) -> dict:

@@ -12,7 +12,7 @@ from rnnlm import tokenizer as tokenization
 from rnnlm.cli import main
 from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import RMS_EPS, eval_streams, evaluate_ids, evaluate_ids_dynamic, gradient_rms, score_text
-from rnnlm.sample import load_model_from_checkpoint
+from rnnlm.inference import load_model
 from rnnlm.train import train
 from tests.conftest import small_text, tiny_config
 
@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     for kind, extra in (("char", []), ("bpe", ["tokenizer.vocab_size=300"])):
         cfg = tiny_config(root / kind, corpus, f"tokenizer.kind={kind}", "train.max_steps=30", *extra)
         train(cfg)
-        models[kind] = load_model_from_checkpoint(root / kind / "run" / "best.pt", "cpu")
+        models[kind] = load_model(root / kind / "run" / "best.pt", "cpu")
         models[kind].path = root / kind / "run" / "best.pt"
     return models
 

@@ -11,7 +11,8 @@ from rnnlm import tokenizer as tokenization
 from rnnlm.cli import main
 from rnnlm.interactive import apply_command, run_session
 from rnnlm.predict import PUNCT, WORD, next_words, token_class
-from rnnlm.sample import generate, load_model_from_checkpoint
+from rnnlm.inference import load_model
+from rnnlm.sample import generate
 from tests.conftest import train_tiny_run
 
 PROMPT = "Napoleon was the Emperor of"
@@ -28,7 +29,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(runs):
-    return {kind: load_model_from_checkpoint(path, "cpu") for kind, path in runs.items()}
+    return {kind: load_model(path, "cpu") for kind, path in runs.items()}
 
 
 def test_token_classes():
