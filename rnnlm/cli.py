@@ -289,15 +289,7 @@ def add_gradient_flow_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_gradient_flow(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import torch
-
     from rnnlm import gradflow
-    from rnnlm import tokenizer as tokenization
-    from rnnlm.config import CELL_KINDS, load_config
-    from rnnlm.data import corpus_from_config
-    from rnnlm.model import RNNLM
     from rnnlm.inference import load_model
 
     if not args.checkpoint and not args.config:
@@ -307,34 +299,16 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
     if args.seq_len < 2 or args.windows < 1 or args.steps < 1:
         raise RnnlmError("--seq-len must be at least 2, --windows and --steps at least 1")
     trained = [load_model(path, "cpu") for path in args.checkpoint]
-    cfg = load_config(args.config, args.overrides) if args.config else trained[0].config
-    cells = args.cells.split(",") if args.cells else ([] if trained else [cfg.model.cell])
-    for cell in cells:
-        if cell not in CELL_KINDS:
-            raise RnnlmError(f"--cells: unknown cell {cell!r}; use a comma-separated list of {', '.join(CELL_KINDS)}")
+    cfg, cells = _gradient_flow_setup(args, trained)
+    windows, vocab_size = _gradient_flow_windows(args, cfg, trained)
 
-    # One token sequence for every model: the first checkpoint's tokenizer, else the config's.
-    tokenizer_json = tokenization.to_json(trained[0].tokenizer) if trained else None
-    corpus = corpus_from_config(cfg, tokenizer_json=tokenizer_json, progress=False)
-    windows = gradflow.text_windows(corpus.ids["valid"], args.windows, args.seq_len)
-    vocab_size = corpus.tokenizer.get_vocab_size()
-    for lm in trained[1:]:
-        if lm.model.vocab_size != vocab_size:
-            raise RnnlmError("the checkpoints use different tokenizers; compare checkpoints trained on the same one")
-
-    curves = []
-    for path, lm in zip(args.checkpoint, trained):
-        label = f"{lm.config.model.cell}, {Path(path).parent.name} step {lm.checkpoint_step}"
-        curves.append(gradflow.Curve(label, "trained", gradflow.gradient_flow(lm.model, windows)))
-    untrained = []
+    curves = [gradflow.Curve(f"{lm.config.model.cell}, {Path(path).parent.name} step {lm.checkpoint_step}",
+                             "trained", gradflow.gradient_flow(lm.model, windows))
+              for path, lm in zip(args.checkpoint, trained)]
+    untrained = gradflow.untrained_models(cfg.model, cells, vocab_size, seed=args.seed, hh_scale=args.hh_scale)
     group = "untrained" + (f", W_hh x {args.hh_scale:g}" if args.hh_scale else "")
-    for cell in cells:
-        torch.manual_seed(args.seed)
-        model = RNNLM(vocab_size, dataclasses.replace(cfg.model, cell=cell, dropout=0.0))
-        if args.hh_scale:
-            gradflow.scale_hh(model, args.hh_scale)
-        untrained.append(model)
-        curves.append(gradflow.Curve(cell, group, gradflow.gradient_flow(model, windows)))
+    curves += [gradflow.Curve(cell, group, gradflow.gradient_flow(model, windows))
+               for cell, model in zip(cells, untrained)]
     print(gradflow.format_table(curves))
 
     clip_runs, clip = None, None
@@ -350,6 +324,34 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
     gradflow.plot_gradient_flow(curves, args.out, clip_runs=clip_runs, clip=clip, title=title)
     print(f"wrote {args.out}")
     return 0
+
+
+def _gradient_flow_setup(args: argparse.Namespace, trained: list):
+    """The config (--config, else the first checkpoint's) and the cells to measure untrained."""
+    from rnnlm.config import CELL_KINDS, load_config
+
+    cfg = load_config(args.config, args.overrides) if args.config else trained[0].config
+    cells = args.cells.split(",") if args.cells else ([] if trained else [cfg.model.cell])
+    for cell in cells:
+        if cell not in CELL_KINDS:
+            raise RnnlmError(f"--cells: unknown cell {cell!r}; use a comma-separated list of {', '.join(CELL_KINDS)}")
+    return cfg, cells
+
+
+def _gradient_flow_windows(args: argparse.Namespace, cfg, trained: list):
+    """Windows of validation text, one token sequence for every model: the first
+    checkpoint's tokenizer, else the config's; and the vocabulary size."""
+    from rnnlm import gradflow
+    from rnnlm import tokenizer as tokenization
+    from rnnlm.data import corpus_from_config
+
+    tokenizer_json = tokenization.to_json(trained[0].tokenizer) if trained else None
+    corpus = corpus_from_config(cfg, tokenizer_json=tokenizer_json, progress=False)
+    windows = gradflow.text_windows(corpus.ids["valid"], args.windows, args.seq_len)
+    vocab_size = corpus.tokenizer.get_vocab_size()
+    if any(lm.model.vocab_size != vocab_size for lm in trained[1:]):
+        raise RnnlmError("the checkpoints use different tokenizers; compare checkpoints trained on the same one")
+    return windows, vocab_size
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ text with clipping off and on, recording the gradient norm before clipping and t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -91,6 +92,20 @@ def gradient_flow(model: RNNLM, windows: torch.Tensor, layer: int = -1) -> list[
     T = x.size(1)
     # states[i] is the state after step i + 1; the loss is read after step T = states[T - 1].
     return [float(states[T - 1 - d].grad.norm(dim=-1).mean()) for d in range(T)]
+
+
+def untrained_models(model_cfg, cells: list[str], vocab_size: int, *, seed: int,
+                     hh_scale: Optional[float] = None) -> list[RNNLM]:
+    """A freshly initialised model of each cell kind (dropout off), all from the same seed,
+    with W_hh scaled by `hh_scale` when given."""
+    models = []
+    for cell in cells:
+        torch.manual_seed(seed)
+        model = RNNLM(vocab_size, dataclasses.replace(model_cfg, cell=cell, dropout=0.0))
+        if hh_scale:
+            scale_hh(model, hh_scale)
+        models.append(model)
+    return models
 
 
 def scale_hh(model: RNNLM, scale: float) -> RNNLM:
