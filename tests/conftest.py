@@ -1,5 +1,6 @@
 """Shared test helpers: a small text and a tiny config that trains in a second or two."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,30 @@ import pytest
 from rnnlm.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-WAR_AND_PEACE = REPO.parent / "shared" / "data" / "war_and_peace.txt"
+
+# War and Peace, for the tests that check the real corpus: where the project keeps it
+# (configs/war_and_peace.yaml downloads it there), or wherever this variable says.
+WAR_AND_PEACE_ENV = "RNNLM_WAR_AND_PEACE"
+WAR_AND_PEACE_DEFAULT = Path("data") / "war_and_peace.txt"  # relative to REPO, not the working directory
+
+
+def war_and_peace_path() -> Path:
+    """$RNNLM_WAR_AND_PEACE if set, else data/war_and_peace.txt in this repository (it may not exist)."""
+    given = os.environ.get(WAR_AND_PEACE_ENV)
+    return Path(given).expanduser().resolve() if given else REPO / WAR_AND_PEACE_DEFAULT
+
+
+@pytest.fixture
+def war_and_peace() -> Path:
+    """The path of War and Peace; skips the test, saying how to get the file, when it is absent."""
+    path = war_and_peace_path()
+    if not path.is_file():
+        where = f"{path} (from {WAR_AND_PEACE_ENV})" if os.environ.get(WAR_AND_PEACE_ENV) else WAR_AND_PEACE_DEFAULT
+        pytest.skip(f"War and Peace not found at {where}; download it with `python scripts/train.py --config "
+                    f"configs/war_and_peace.yaml` (run from the repository root) or set {WAR_AND_PEACE_ENV} "
+                    "to the path of a copy")
+    return path
+
 
 SENTENCES = [
     "Napoleon was the Emperor of the French.",

@@ -264,6 +264,7 @@ def test_workspace_reuse_never_aliases_live_tensors(kind):
     assert sum(len(pool) for pool in fast._workspace._storages.values()) == pooled
 
 
+@pytest.mark.slow
 def test_fast_path_under_torch_compile():
     """torch.compile runs the hand-written path as it is (inductor can't lower MKL packing)."""
     layer = RecurrentLayer("lstm", I, 16)

@@ -53,6 +53,7 @@ def checkpoint_step(path):
     return load_checkpoint(path)["step"]  # read while training rewrites it: must always load
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_always_leaves_a_loadable_last_pt_and_resume_runs(tmp_path, text_file):
     last = tmp_path / "run" / "last.pt"
     rng = random.Random()
@@ -77,6 +78,7 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_last_pt_and_resume_r
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_sigint_and_sigterm_finish_the_step_save_and_exit_non_zero(tmp_path, text_file, sig):
     # checkpoint_every is never reached: only the signal can have written last.pt.

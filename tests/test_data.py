@@ -13,8 +13,6 @@ from rnnlm import data
 from rnnlm import tokenizer as T
 from rnnlm.errors import RnnlmError
 
-WAR_AND_PEACE = Path(__file__).parents[1].parent / "shared/data/war_and_peace.txt"
-
 PROSE = "".join(
     f"Line {i} of the story, where Pierre and Natásha talk about the war.\n" + ("\n" if i % 5 == 4 else "")
     for i in range(400)
@@ -30,17 +28,16 @@ def one_line_error(excinfo) -> str:
 # --- cleaning and splitting -------------------------------------------------------------
 
 
-@pytest.mark.skipif(not WAR_AND_PEACE.is_file(), reason=f"{WAR_AND_PEACE} not present")
-def test_war_and_peace_split_reproduces_the_design_counts():
-    splits = data.split_text(data.clean_text(data.read_text(WAR_AND_PEACE)))
+def test_war_and_peace_split_reproduces_the_design_counts(war_and_peace):
+    splits = data.split_text(data.clean_text(data.read_text(war_and_peace)))
     assert {k: len(v) for k, v in splits.items()} == {"train": 2_561_316, "valid": 320_185, "test": 320_133}
     assert splits["train"].endswith("\n") and splits["valid"].endswith("\n") and splits["test"].endswith("\n")
     assert not splits["test"].endswith("\n\n") and "*** END OF" not in splits["test"]
 
 
-@pytest.mark.skipif(not WAR_AND_PEACE.is_file(), reason=f"{WAR_AND_PEACE} not present")
-def test_war_and_peace_bpe_round_trip_on_the_whole_train_split():
-    train = data.split_text(data.clean_text(data.read_text(WAR_AND_PEACE)))["train"]
+@pytest.mark.slow
+def test_war_and_peace_bpe_round_trip_on_the_whole_train_split(war_and_peace):
+    train = data.split_text(data.clean_text(data.read_text(war_and_peace)))["train"]
     tok = T.train_tokenizer("bpe", train, 512)
     assert T.decode(tok, T.encode(tok, train)) == train
 

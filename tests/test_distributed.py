@@ -57,6 +57,7 @@ def torchrun(nproc: int, overrides: list[str], timeout: int = 120) -> subprocess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_and_resume_in_one(tmp_path, text_file):
     train(tiny_config(tmp_path, text_file, *SETTINGS, f"train.out_dir={tmp_path / 'one'}"))
     train(tiny_config(tmp_path, text_file, *SETTINGS, f"train.out_dir={tmp_path / 'one5'}", "train.max_steps=5"))
@@ -97,6 +98,7 @@ def test_two_gloo_processes_match_one_process_and_resume_in_one(tmp_path, text_f
                         load_checkpoint(tmp_path / "one" / "last.pt")["model"])
 
 
+@pytest.mark.slow
 def test_grad_accumulation_makes_the_full_batch_update(tmp_path, text_file):
     train(tiny_config(tmp_path, text_file, *SETTINGS, f"train.out_dir={tmp_path / 'k1'}"))
     train(tiny_config(tmp_path, text_file, *SETTINGS, f"train.out_dir={tmp_path / 'k2'}",
@@ -161,6 +163,7 @@ def test_fast_path_under_autocast_gives_fp32_gradients_close_to_fp32(cell):
         assert cos > 0.98, cos
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("RNNLM_SLOW_TESTS"),
                     reason="torch.compile (inductor) makes this test take ~3 minutes on the 2-core "
                            "development CPU (it passed there); set RNNLM_SLOW_TESTS=1 to run")

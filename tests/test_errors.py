@@ -88,6 +88,7 @@ def test_binary_file(tmp_path, capsys):
         f"error: data file {path} looks binary (it has NUL bytes); set data.path to a plain text file"
 
 
+@pytest.mark.slow
 def test_a_real_process_prints_one_line_for_bad_data(tmp_path):
     path = write(tmp_path / "latin1.txt", "Pièrre\n".encode("latin-1") * 100)
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *tiny_overrides(tmp_path, path)],

@@ -88,7 +88,7 @@ def test_tensorboard_gets_the_scalars_when_asked(tmp_path, monkeypatch, text_fil
             self.closed = True
 
     writer = Writer()
-    monkeypatch.setattr("rnnlm.train.open_tensorboard", lambda out: writer)
+    monkeypatch.setattr("rnnlm.run_dir.open_tensorboard", lambda out: writer)
     from rnnlm.train import train
 
     train(tiny_config(tmp_path, text_file, "train.max_steps=4", "train.eval_every=2", "train.tensorboard=true"))
@@ -156,6 +156,7 @@ def test_clipping_keeps_an_exploding_rnn_training(config_file):
     assert on.losses[-1] < on.losses[0]
 
 
+@pytest.mark.slow
 def test_gradient_flow_command_compares_cells_and_draws_the_picture(run_dir, config_file, tmp_path, capsys):
     out = tmp_path / "flow.png"
     assert main(["gradient-flow", "--checkpoint", str(run_dir / "best.pt"), "--config", str(config_file),

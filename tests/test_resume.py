@@ -56,6 +56,7 @@ def interrupt_at_step(monkeypatch, k):
     monkeypatch.setattr(rnnlm.train, "get_batch", get_batch_then_signal)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [9, STEPS_PER_EPOCH], ids=["resume-then-cross-epoch", "resume-at-epoch-end"])
 def test_interrupt_and_resume_is_bit_identical_to_a_straight_run(tmp_path, text_file, monkeypatch, k):
     straight = tmp_path / "straight"
@@ -77,6 +78,7 @@ def test_interrupt_and_resume_is_bit_identical_to_a_straight_run(tmp_path, text_
     assert_same_weights(straight / "run", resumed / "run")
 
 
+@pytest.mark.slow
 def test_run_length_and_logging_may_change_on_resume(tmp_path, text_file):
     # A constant schedule, so the learning rate does not depend on max_steps.
     common = [*REGULARISED, "optim.schedule=constant"]
@@ -117,6 +119,7 @@ def test_resume_on_another_text_is_refused(tmp_path, text_file):
         train(tiny_config(tmp_path, text_file, "train.max_steps=10", "train.resume=true"))
 
 
+@pytest.mark.slow
 def test_resume_from_the_command_line_uses_the_runs_own_config(tmp_path, text_file, capsys):
     cfg = tiny_config(tmp_path, text_file, "train.max_steps=5")
     train(cfg)

@@ -9,7 +9,8 @@ import torch
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.config import load_config
 from rnnlm.errors import RnnlmError
-from rnnlm.sample import generate, load_model_from_checkpoint
+from rnnlm.inference import load_model
+from rnnlm.sample import generate
 from rnnlm.train import get_lr, train
 from tests.conftest import tiny_config
 
@@ -18,6 +19,7 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_tiny_model_overfits_a_short_text(tmp_path, text_file, cell):
     cfg = tiny_config(tmp_path, text_file, f"model.cell={cell}", "train.max_steps=150", "model.hidden_size=64",
@@ -37,7 +39,7 @@ def test_checkpoint_is_self_contained_and_generation_is_seeded(tmp_path, text_fi
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
-    lm = load_model_from_checkpoint(tmp_path / "run" / "best.pt", "cpu")
+    lm = load_model(tmp_path / "run" / "best.pt", "cpu")
     a = generate(lm, "Napoleon was", max_new_tokens=30, temperature=1.0, seed=7)
     b = generate(lm, "Napoleon was", max_new_tokens=30, temperature=1.0, seed=7)
     c = generate(lm, "Napoleon was", max_new_tokens=30, temperature=1.0, seed=8)
@@ -49,12 +51,13 @@ def test_checkpoint_is_self_contained_and_generation_is_seeded(tmp_path, text_fi
 
 def test_generation_streams_the_same_text_it_returns(tmp_path, text_file):
     train(tiny_config(tmp_path, text_file, "tokenizer.kind=bpe", "tokenizer.vocab_size=300"))
-    lm = load_model_from_checkpoint(tmp_path / "run" / "last.pt")
+    lm = load_model(tmp_path / "run" / "last.pt")
     pieces = []
     texts = generate(lm, "The army", max_new_tokens=25, seed=1, on_text=pieces.append)
     assert "".join(pieces) == texts[0]
 
 
+@pytest.mark.slow
 def test_existing_run_directory_is_not_overwritten(tmp_path, text_file):
     train(tiny_config(tmp_path, text_file, "train.max_steps=5"))
     with pytest.raises(RnnlmError, match="already exists"):
@@ -68,6 +71,7 @@ def test_training_needs_a_limit(tmp_path, text_file):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_max_epochs_stops_after_one_pass(tmp_path, text_file):
     result = train(tiny_config(tmp_path, text_file, "train.max_steps=null", "train.max_epochs=1"))
     n_train = result["tokens"]
@@ -85,6 +89,7 @@ def test_lr_schedule_warms_up_then_decays():
     assert math.isclose(get_lr(100, 2.0, cfg), 0.1)  # never below the floor
 
 
+@pytest.mark.slow
 def test_clipping_keeps_a_plain_rnn_finite_where_an_unclipped_run_blows_up(tmp_path, text_file):
     # Plain SGD at lr 50: unclipped, the rnn's loss explodes by orders of magnitude.
     common = ["model.cell=rnn", "optim.name=sgd", "optim.lr=50", "optim.warmup_steps=0",
@@ -99,6 +104,7 @@ def test_clipping_keeps_a_plain_rnn_finite_where_an_unclipped_run_blows_up(tmp_p
     assert max(runs[0]) > 1000 or len(runs[0]) < 30, runs[0]
 
 
+@pytest.mark.slow
 def test_ema_checkpoint_holds_the_average_of_the_raw_weights_and_validation_scores_it(tmp_path, text_file):
     # Constant lr without warmup, so runs of 1, 2 and 3 steps follow one trajectory.
     common = ["optim.schedule=constant", "optim.warmup_steps=0", "model.dropout=0.2"]
