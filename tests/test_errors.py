@@ -190,11 +190,11 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--temperature", "-1"], "temperature must be >= 0 (0 = greedy), got -1.0"),
+    (["--temperature", "-1"], "--temperature must be >= 0 (0 = greedy), got -1.0"),
     (["--temperature", "hot"], "argument --temperature: invalid float value: 'hot' (see rnnlm generate --help)"),
     (["--top-k", "-1"], "--top-k must be >= 0, got -1"),
-    (["--top-p", "0"], "top-p must be in (0, 1], got 0.0"),
-    (["--num-samples", "0"], "num-samples must be at least 1, got 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+    (["--num-samples", "0"], "--num-samples must be at least 1, got 0"),
     (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 0, got -5"),
     (["--prompt", ""], "the prompt is empty; give some text with --prompt, --prompt-file or on stdin"),
     (["--device", "tpu9"], "unknown device 'tpu9'; use auto, cpu, cuda, cuda:N or mps"),

@@ -15,7 +15,7 @@ def test_large_tensors_reuse_freed_pages():
         pytest.skip("this C library has no mallopt")
     a, w = torch.randn(1024, 448), torch.randn(4096, 448)
 
-    def step():  # the main job's logits and their softmax: 16 MB each, freed at the end
+    def step():  # the default config's logits and their softmax: 16 MB each, freed at the end
         logits = a @ w.t()
         return (torch.softmax(logits, 1) - torch.log_softmax(logits, 1).exp()).sum()
 
