@@ -50,7 +50,8 @@ from torch import nn  # noqa: E402
 from benchmarks.timing import adamw, interleaved, lm_train_step_fn  # noqa: E402
 from rnnlm import fused  # noqa: E402
 from rnnlm.cells import CELLS, RecurrentLayer  # noqa: E402
-from rnnlm.config import CELL_KINDS, load_config  # noqa: E402
+from rnnlm.config import load_config  # noqa: E402
+from rnnlm.device import native_cpu_bf16  # noqa: E402
 from rnnlm.model import RNNLM  # noqa: E402
 
 # The reference each of our cells is measured against; the benchmark's own mapping.
@@ -100,11 +101,12 @@ def layer_flops_per_token(cell: str, input_size: int, hidden_size: int) -> float
 
 
 class OurStack(nn.Module):
-    """`num_layers` RecurrentLayers of one cell, input size = hidden size."""
+    """`num_layers` RecurrentLayers of one cell; the first reads `input_size` (default: hidden size)."""
 
-    def __init__(self, cell: str, hidden_size: int, num_layers: int):
+    def __init__(self, cell: str, hidden_size: int, num_layers: int, input_size: int | None = None):
         super().__init__()
-        self.layers = nn.ModuleList(RecurrentLayer(cell, hidden_size, hidden_size) for _ in range(num_layers))
+        sizes = [input_size or hidden_size] + [hidden_size] * (num_layers - 1)
+        self.layers = nn.ModuleList(RecurrentLayer(cell, i, hidden_size) for i in sizes)
 
     def forward(self, x):
         for layer in self.layers:
@@ -218,6 +220,81 @@ def bench_generate(cells, shapes, batches, rounds, reps) -> list[Row]:
     return rows
 
 
+# ------------------------------------------------------------ minimal cells
+
+# Each minimal cell against the gated cell it simplifies.
+MIN_CELL_OF = {"mingru": "gru", "minlstm": "lstm"}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def equal_parameter_width(cell: str, gated: str, hidden_size: int, num_layers: int) -> int:
+    """The width at which a stack of `cell` (reading `hidden_size` inputs) has as many
+    parameters as the `gated` stack of width `hidden_size`, to the nearest multiple of 8."""
+    target = count_parameters(OurStack(gated, hidden_size, num_layers))
+    widths = range(8, 8 * hidden_size, 8)
+    return min(widths, key=lambda w: abs(count_parameters(OurStack(cell, w, num_layers, hidden_size)) - target))
+
+
+def autocast_step(step: Callable[[], None], dtype: torch.dtype | None) -> Callable[[], None]:
+    """`step` under CPU autocast to `dtype` (None: as it is)."""
+    if dtype is None:
+        return step
+
+    def run():
+        with torch.autocast("cpu", dtype=dtype):
+            step()
+
+    return run
+
+
+def bench_min_train(cells, shapes, precisions, rounds, reps) -> list[Row]:
+    """Training rows of the minimal cells: each at the gated cell's width and at equal
+    parameter count, against our gated cell and torch's, at each precision (all of a
+    shape's contenders in the same rounds)."""
+    rows = []
+    for B, T, H, L in shapes:
+        for cell in cells:
+            gated = MIN_CELL_OF[cell]
+            wide = equal_parameter_width(cell, gated, H, L)
+            torch.manual_seed(0)
+            x = torch.randn(T, B, H, requires_grad=True)
+            stacks = {f"ours {cell}": OurStack(cell, H, L), f"ours {cell} H={wide}": OurStack(cell, wide, L, H),
+                      f"ours {gated}": OurStack(gated, H, L), torch_name(gated): TorchStack(gated, H, L)}
+            contenders = {(name, p): autocast_step(train_step_fn(stack, x), dtype)
+                          for p, dtype in precisions.items() for name, stack in stacks.items()}
+            secs = interleaved(contenders, rounds, reps)
+            for (name, p), sec in secs.items():
+                stack = stacks[name]
+                flops = 3 * sum(layer_flops_per_token(layer.cell_name, layer.input_size, layer.hidden_size)
+                                for layer in stack.layers) if name.startswith("ours") else \
+                    3 * L * layer_flops_per_token(gated, H, H)
+                rows.append(Row(f"min train {p}", name, f"B={B} T={T} H={H} L={L}", B * T / sec, flops,
+                                ratio=secs[(f"ours {gated}", p)] / sec,
+                                extra={"parameters": count_parameters(stack), "vs": f"ours {gated}"}))
+    return rows
+
+
+def bench_min_generate(cells, shapes, rounds, reps) -> list[Row]:
+    """Generation rows (batch 1) of the minimal cells against our gated cell of the same width."""
+    rows = []
+    _B, _T, H, L = shapes[0]
+    for cell in cells:
+        gated = MIN_CELL_OF[cell]
+        torch.manual_seed(0)
+        steps = {}
+        for name, c in ((f"ours {cell}", cell), (f"ours {gated}", gated)):
+            stack = OurStack(c, H, L).eval()
+            steps[name] = stack_step_fns(stack, TorchStack(gated, H, L).eval(), 1)[0]
+        secs = interleaved(steps, rounds, reps)
+        for name, sec in secs.items():
+            rows.append(Row("min generate", name, f"B=1 H={H} L={L}", 1 / sec, float("nan"),
+                            ratio=secs[f"ours {gated}"] / sec, extra={"vs": f"ours {gated}"}))
+    return rows
+
+
 # --------------------------------------------------------------- language model
 
 
@@ -309,7 +386,7 @@ def bench_lm(config_path: str, overrides: list[str], rounds: int, reps: int, bat
 
 def format_table(rows: list[Row], peak: float, n: int, flush: bool) -> str:
     """The printed table, one line per row, under a header naming the peak, torch and threads."""
-    head = (f"{'task':<12} {'contender':<20} {'shape':<36} {'tokens/s':>10} {'ours/torch':>10} {'MFU':>6} "
+    head = (f"{'task':<15} {'contender':<20} {'shape':<36} {'tokens/s':>10} {'ours/torch':>10} {'MFU':>6} "
             f"{'of peak':>8} {'vs matvec':>9}")
     lines = [f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({n}x{n} fp32, median over rounds; training rows: "
              "'of peak' is the peak in GFLOP/s timed in their own rounds, their MFU's divisor); "
@@ -319,17 +396,20 @@ def format_table(rows: list[Row], peak: float, n: int, flush: bool) -> str:
     def fmt(v: float, spec: str) -> str:
         return format(v, spec) if v == v else ""  # blank for NaN
 
+    if any("vs" in r.extra for r in rows):
+        lines.insert(1, "minimal-cell rows ('min ...'): 'ours/torch' is the ratio to our gated cell of the same "
+                        "width (ours gru for mingru, ours lstm for minlstm), timed in the same rounds")
     for r in rows:
         matvec = fmt(r.vs_matvec, ">8.2f") + ("x" if r.vs_matvec == r.vs_matvec else "")
         lines.append(
-            f"{r.task:<12} {r.contender:<20} {r.shape:<36} {r.tokens_per_s:>10.0f} {fmt(r.ratio, '>10.2f'):>10} "
+            f"{r.task:<15} {r.contender:<20} {r.shape:<36} {r.tokens_per_s:>10.0f} {fmt(r.ratio, '>10.2f'):>10} "
             f"{fmt(100 * r.mfu, '>5.1f') + '%':>6} {fmt(r.peak_flops / 1e9, '>8.1f'):>8} {matvec:>9}"
         )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line; --cells is checked against rnnlm.config.CELL_KINDS and parsed into a list."""
+    """The command line; --cells and --min-cells are checked and parsed into lists."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke run in seconds")
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
@@ -337,12 +417,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated cells to measure")
     p.add_argument("--config", default="configs/war_and_peace.yaml", help="config for the language-model rows")
     p.add_argument("--no-lm", action="store_true", help="skip the language-model rows")
+    p.add_argument("--min-cells", default="mingru,minlstm",
+                   help="comma-separated minimal cells to measure against their gated cells ('' for none)")
     args = p.parse_args(argv)
     args.cells = [c for c in args.cells.split(",") if c]
+    args.min_cells = [c for c in args.min_cells.split(",") if c]
     for c in args.cells:
-        if c not in CELL_KINDS:
-            p.error(f"unknown cell {c!r}: valid cells are {', '.join(CELL_KINDS)}")
+        if c not in TORCH_LAYER:
+            p.error(f"unknown cell {c!r}: valid cells are {', '.join(TORCH_LAYER)}")
+    for c in args.min_cells:
+        if c not in MIN_CELL_OF:
+            p.error(f"unknown minimal cell {c!r}: valid ones are {', '.join(MIN_CELL_OF)}")
     return args
+
+
+def precisions() -> dict[str, torch.dtype | None]:
+    """fp32, and bf16 autocast where the CPU multiplies bf16 natively (AMX or AVX-512 BF16)."""
+    return {"fp32": None, **({"bf16": torch.bfloat16} if native_cpu_bf16() else {})}
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Row], float, int, bool]:
@@ -361,6 +452,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], float, int, bool]:
 
     rows = bench_train(args.cells, shapes, rounds, reps=1 if quick else 2, peak_fn=peak_fn, peak_flops=peak_flops)
     rows += bench_generate(args.cells, shapes, GEN_BATCHES, rounds, reps=5 if quick else 100)
+    if args.min_cells:
+        rows += bench_min_train(args.min_cells, shapes, precisions(), rounds, reps=1 if quick else 2)
+        rows += bench_min_generate(args.min_cells, shapes, rounds, reps=5 if quick else 100)
     if not args.no_lm:
         rows += bench_lm(args.config, QUICK_LM_OVERRIDES if quick else [], rounds, reps=1 if quick else 2,
                          batches=GEN_BATCHES, peak_fn=peak_fn, peak_flops=peak_flops)

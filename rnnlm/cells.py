@@ -9,11 +9,18 @@ PyTorch's parameter names, shapes and gate orders, so a test can copy the weight
 with G = 1 (rnn), 3 (gru: r, z, n) or 4 (lstm: i, f, g, o). The state is always a tuple:
 ``(h,)`` for rnn and gru, ``(h, c)`` for lstm; the cell's output is ``state[0]``.
 
+Two minimal cells (Feng et al., 2024, "Were RNNs All We Needed?"), minGRU and minLSTM,
+have no hidden-to-hidden weights: their gates read x_t alone, so the state follows a
+linear recurrence h_t = a_t * h_{t-1} + b_t (see scan.py). They hold ``weight_ih`` and
+``bias_ih`` only, and their state is ``(h,)``.
+
 ``RecurrentLayer`` unrolls a cell over a time-major sequence (T, B, I). Its default
 ``impl="fast"`` runs the whole sequence through ``rnnlm.fused``: the input projection of
 all steps in one matmul, a time loop that only does ``h @ W_hh^T`` and the gate
-arithmetic, and a backward pass through time written out by hand. ``impl="reference"``
-unrolls the per-step cell below with plain autograd; tests hold the fast path to it.
+arithmetic, and a backward pass through time written out by hand (for the minimal
+cells: their coefficients for all steps at once, then ``scan.linear_recurrence``).
+``impl="reference"`` unrolls the per-step cell with plain autograd; tests hold the fast
+path to it.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnlm import fused
-from rnnlm.config import CELL_KINDS
+from rnnlm import fused, scan
+from rnnlm.config import CELL_KINDS, MINIMAL_CELLS
 from rnnlm.errors import RnnlmError
 
 State = tuple[Tensor, ...]
@@ -36,20 +43,20 @@ class _Cell(nn.Module):
 
     num_gates = 1
     num_states = 1
+    recurrent_weights = True  # weight_hh and bias_hh; False for the minimal cells
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
         gh = self.num_gates * hidden_size
+        # In PyTorch's order (weight_ih, weight_hh, bias_ih, bias_hh), which `RecurrentLayer._stepper` reads.
         self.weight_ih = nn.Parameter(torch.empty(gh, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(gh))
-            self.bias_hh = nn.Parameter(torch.empty(gh))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
+        if self.recurrent_weights:
+            self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(gh)) if bias else None
+        if self.recurrent_weights:
+            self.bias_hh = nn.Parameter(torch.empty(gh)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -129,10 +136,61 @@ class LSTMCell(_Cell):
         return (h_new, c_new)
 
 
+class MinGRUCell(_Cell):
+    """minGRU: the GRU without the hidden state in its gates (Feng et al., 2024):
+
+        z  = sigmoid(W_z x + b_z)
+        h~ = W_h x + b_h
+        h' = (1 - z) * h + z * h~                 = a * h + b,  a = 1 - z,  b = z * h~
+
+    ``forward(x (B, I), (h,)) -> (h',)``. `coefficients` gives a and b for any number
+    of steps at once: (..., I) -> (..., H), (..., H).
+    """
+
+    num_gates = 2
+    recurrent_weights = False
+
+    def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, h_tilde = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, dim=-1)
+        z = torch.sigmoid(z)
+        return 1 - z, z * h_tilde
+
+    def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
+        (h,) = state
+        a, b = self.coefficients(x)
+        return (a * h + b,)
+
+
+class MinLSTMCell(_Cell):
+    """minLSTM: the LSTM without the hidden state in its gates, and without c (Feng et al., 2024):
+
+        f  = sigmoid(W_f x + b_f),   i = sigmoid(W_i x + b_i),   h~ = W_h x + b_h
+        h' = f / (f + i) * h + i / (f + i) * h~   = a * h + b
+
+    The two gates are normalised to sum to one, so h stays a weighted average of the h~
+    seen so far. ``forward(x (B, I), (h,)) -> (h',)``; `coefficients` as for MinGRUCell.
+    """
+
+    num_gates = 3
+    recurrent_weights = False
+
+    def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f, i, h_tilde = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, dim=-1)
+        f, i = torch.sigmoid(f), torch.sigmoid(i)
+        total = f + i
+        return f / total, i / total * h_tilde
+
+    def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
+        (h,) = state
+        a, b = self.coefficients(x)
+        return (a * h + b,)
+
+
 # The class of each cell kind that config.CELL_KINDS names (and model.cell takes).
-CELLS = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
-if tuple(CELLS) != CELL_KINDS:
-    raise ImportError(f"cells.CELLS {tuple(CELLS)} must hold one class for each of config.CELL_KINDS {CELL_KINDS}")
+CELLS = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell, "mingru": MinGRUCell, "minlstm": MinLSTMCell}
+if tuple(CELLS) != CELL_KINDS or {k for k, c in CELLS.items() if not c.recurrent_weights} != set(MINIMAL_CELLS):
+    raise ImportError(f"cells.CELLS {tuple(CELLS)} must hold one class for each of config.CELL_KINDS {CELL_KINDS}, "
+                      f"those of config.MINIMAL_CELLS {MINIMAL_CELLS} without recurrent weights")
 IMPLS = ("fast", "reference")
 
 
@@ -160,6 +218,9 @@ class RecurrentLayer(nn.Module):
             raise RnnlmError(f"unknown recurrent impl {impl!r}: valid impls are {', '.join(IMPLS)}")
         if not 0.0 <= weight_drop < 1.0:
             raise RnnlmError(f"weight_drop must be in [0, 1), got {weight_drop}")
+        if weight_drop > 0 and not CELLS[cell].recurrent_weights:
+            raise RnnlmError(f"weight_drop (DropConnect on W_hh) needs a cell with hidden-to-hidden weights; "
+                             f"{cell} has none: set it to 0")
         self.cell_name = cell
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -179,8 +240,11 @@ class RecurrentLayer(nn.Module):
         zeros = lambda: torch.zeros(batch_size, self.hidden_size, device=device or w.device, dtype=dtype or w.dtype)  # noqa: E731
         return tuple(zeros() for _ in range(self.cell.num_states))
 
-    def _weight_hh(self) -> Tensor:
-        """W_hh, with this forward call's DropConnect mask applied when training."""
+    def _weight_hh(self) -> Tensor | None:
+        """W_hh, with this forward call's DropConnect mask applied when training (None
+        for the minimal cells, which have no W_hh)."""
+        if not self.cell.recurrent_weights:
+            return None
         w = self.cell.weight_hh
         if self.training and self.weight_drop > 0:
             w = F.dropout(w, self.weight_drop, training=True)
@@ -191,6 +255,10 @@ class RecurrentLayer(nn.Module):
         if state is None:
             state = self.init_state(B, x.device, x.dtype)
         weight_hh = self._weight_hh()
+        if self.impl == "fast" and not self.cell.recurrent_weights:
+            a, b = self.cell.coefficients(x)  # (T, B, H) each: all steps in one matmul
+            y = scan.linear_recurrence(a, b, state[0])
+            return y, (y[-1],)
         if self.impl == "fast":
             c = self.cell
             return fused.run(
@@ -205,9 +273,7 @@ class RecurrentLayer(nn.Module):
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step; lean when no gradient is wanted (generation)."""
         c = self.cell
-        needs_grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (x_t, *state, c.weight_ih, c.weight_hh)
-        )
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x_t, *state, *c.parameters()))
         if needs_grad or (self.training and self.weight_drop > 0) or self.impl == "reference":
             state = c(x_t, state, weight_hh=self._weight_hh())
         else:
@@ -233,9 +299,11 @@ class RecurrentLayer(nn.Module):
 
         return step
 
-    def _stepper(self) -> fused.Stepper:
-        """A `fused.Stepper` of the cell's current weights (see `fused.StepCache`)."""
+    def _stepper(self) -> fused.Stepper | fused.MinStepper:
+        """A `fused.Stepper` (or `MinStepper`) of the cell's current weights (see `fused.StepCache`)."""
         params = tuple(self.cell._parameters.values())  # weight_ih, weight_hh, bias_ih, bias_hh
+        if not self.cell.recurrent_weights:  # weight_ih, bias_ih
+            return self._step_cache.get(params, lambda w, b: fused.MinStepper(self.cell_name, w, b))
         return self._step_cache.get(
             params, lambda *p: fused.Stepper(self.cell_name, *fused.step_weights(self.cell_name, *p))
         )

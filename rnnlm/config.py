@@ -21,7 +21,9 @@ import yaml
 from rnnlm.errors import RnnlmError
 
 WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
-CELL_KINDS = ("rnn", "gru", "lstm")
+CELL_KINDS = ("rnn", "gru", "lstm", "mingru", "minlstm")
+# The cells without hidden-to-hidden weights (cells.py checks that its classes agree).
+MINIMAL_CELLS = ("mingru", "minlstm")
 TOKENIZER_KINDS = ("bpe", "word", "char")
 
 
@@ -103,7 +105,7 @@ class ModelConfig:
     """Embedding -> stacked recurrent layers -> output layer."""
 
     cell: str = "lstm"
-    """Recurrent cell: rnn (Elman, tanh) | gru | lstm."""
+    """Recurrent cell: rnn (Elman, tanh) | gru | lstm | mingru | minlstm (gates from the input alone: a linear recurrence, Feng et al. 2024)."""
     embedding_size: Optional[int] = None
     """Width of the token embedding (null: hidden_size; must equal it when tie_weights is on)."""
     hidden_size: int = 512
@@ -124,6 +126,8 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.cell in CELL_KINDS, "model.cell",
                f"must be one of {', '.join(CELL_KINDS)}, got {self.cell!r}")
+        _check(not (self.weight_drop > 0 and self.cell in MINIMAL_CELLS), "model.weight_drop",
+               f"(DropConnect on W_hh) must be 0 for {self.cell}, which has no hidden-to-hidden weights")
         for name in ("hidden_size", "num_layers", "embedding_size"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"model.{name}", f"must be positive, got {value}")
@@ -209,8 +213,8 @@ class TrainConfig:
     """Seed for every random number generator."""
     device: str = "auto"
     """auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps."""
-    precision: str = "fp32"
-    """fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler). Only on CUDA."""
+    precision: str = "auto"
+    """auto (bf16 where the device computes it natively: a CUDA GPU with bf16, a CPU with AMX or AVX-512 BF16; else fp32) | fp32 | bf16 | fp16 (CUDA, with a gradient scaler)."""
     compile: bool = False
     """Wrap the model in torch.compile (worth it on a GPU; compiling takes minutes on a CPU)."""
     grad_accum_steps: int = 1
@@ -240,8 +244,8 @@ class TrainConfig:
             _check(value is None or value > 0, f"train.{name}", f"must be positive or null, got {value}")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "train.device",
                f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        _check(self.precision in ("fp32", "bf16", "fp16"), "train.precision",
-               f"must be fp32, bf16 or fp16, got {self.precision!r}")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
+               f"must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         _check(self.batch_size % self.grad_accum_steps == 0, "train.grad_accum_steps",
                f"must divide train.batch_size ({self.batch_size}), got {self.grad_accum_steps}")
         _check(self.backend in ("auto", "gloo", "nccl"), "train.backend",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -27,14 +28,52 @@ def resolve_device(name: str) -> torch.device:
         raise RnnlmError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
 
 
+def native_cpu_bf16() -> str | None:
+    """The CPU's native bf16 matrix instructions ('amx_bf16' or 'avx512_bf16'), or None."""
+    get = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.7
+    if get is not None:
+        caps = get()
+        return next((name for name in ("amx_bf16", "avx512_bf16") if caps.get(name)), None)
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return "avx512_bf16" if check is not None and check() else None
+
+
+def choose_precision(device: torch.device, requested: str) -> tuple[str, str]:
+    """(precision, why) for train.precision on `device`.
+
+    auto is bf16 where the device multiplies bf16 matrices natively (a CUDA GPU with
+    bf16, a CPU with AMX or AVX-512 BF16: several times its fp32 rate), else fp32. bf16
+    on a CPU without them is allowed, with a warning: it runs, slower than fp32. fp16
+    needs CUDA (its gradient scaler is CUDA's).
+    """
+    if requested == "fp32":
+        return "fp32", "as configured"
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return ("bf16", "the GPU computes bf16") if bf16 else ("fp32", "the GPU has no bf16")
+        if requested == "bf16" and not bf16:
+            raise RnnlmError("train.precision=bf16 is not supported by this GPU; use fp16 or fp32")
+        return requested, "as configured"
+    if requested == "fp16":
+        raise RnnlmError(f"train.precision=fp16 needs a CUDA device (got {device.type}); use bf16 or fp32")
+    if device.type != "cpu":
+        if requested == "bf16":
+            raise RnnlmError(f"train.precision=bf16 is not supported on {device.type}; use fp32")
+        return "fp32", f"auto: no mixed precision on {device.type}"
+    native = native_cpu_bf16()
+    if requested == "auto":
+        return ("bf16", f"auto: the CPU has {native}") if native else ("fp32", "auto: the CPU has no native bf16")
+    if not native:
+        warnings.warn("train.precision=bf16 on a CPU without native bf16 (AMX or AVX-512 BF16) runs slower "
+                      "than fp32; use train.precision=auto or fp32", stacklevel=2)
+    return "bf16", "as configured"
+
+
 def autocast_context(device: torch.device, precision: str):
-    """A zero-argument factory of autocast contexts (nullcontext for fp32 or off CUDA)."""
+    """A zero-argument factory of autocast contexts for a precision from `choose_precision`
+    (nullcontext for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext
-    if device.type != "cuda":
-        raise RnnlmError(f"train.precision={precision} needs a CUDA device (got {device.type}); "
-                         "use train.precision=fp32")
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise RnnlmError("train.precision=bf16 is not supported by this GPU; use fp16 or fp32")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)

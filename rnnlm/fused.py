@@ -538,3 +538,26 @@ class Stepper:
         self.gx_rz.add_(self.gh_rz).sigmoid_()
         n = self.gx_n.addcmul_(self.r, self.gh_n).tanh_()  # tanh(x_n + r * h_n)
         return (torch.lerp(n, h, self.z),)  # h' = n + z * (h - n)
+
+
+class MinStepper:
+    """``new_state = stepper(x, state)``: one step of a minimal cell without autograd.
+
+    Both minimal cells step as one interpolation, h' = lerp(h, h~, w) = (1 - w) h + w h~,
+    with w = z (mingru) or i / (f + i) (minlstm): the (1 - w) and w of cells.py's a and b.
+    """
+
+    def __init__(self, cell: str, w_ih: Tensor, b_ih: Tensor):
+        self.cell, self.w_ih_t, self.b = cell, transposed(w_ih), b_ih.clone()
+        self.hidden_size = w_ih.shape[0] // (2 if cell == "mingru" else 3)
+
+    def __call__(self, x: Tensor, state: tuple) -> tuple:
+        H = self.hidden_size
+        gates = torch.addmm(self.b, x, self.w_ih_t)  # (B, G*H): z, h~ or f, i, h~
+        if self.cell == "mingru":
+            w = gates[:, :H].sigmoid_()
+        else:
+            f_i = gates[:, : 2 * H].sigmoid_()
+            w = f_i[:, H:] / f_i.unflatten(1, (2, H)).sum(1)  # i / (f + i)
+        return (torch.lerp(state[0], gates[:, -H:], w),)
+

@@ -109,10 +109,12 @@ def untrained_models(model_cfg, cells: list[str], vocab_size: int, *, seed: int,
 
 
 def scale_hh(model: RNNLM, scale: float) -> RNNLM:
-    """Multiply every W_hh by `scale` (in place): scale > 1 pushes a plain rnn into the exploding regime."""
+    """Multiply every W_hh by `scale` (in place): scale > 1 pushes a plain rnn into the exploding regime.
+    (The minimal cells have no W_hh: nothing to scale.)"""
     with torch.no_grad():
         for module in model.layers:
-            module.cell.weight_hh.mul_(scale)
+            if module.cell.recurrent_weights:
+                module.cell.weight_hh.mul_(scale)
     return model
 
 

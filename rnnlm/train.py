@@ -31,7 +31,7 @@ from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
 from rnnlm.config import Config, config_to_dict, dump_config
 from rnnlm.data import Corpus, batchify, check_enough_tokens, corpus_from_config, get_batch
-from rnnlm.device import autocast_context, resolve_device
+from rnnlm.device import autocast_context, choose_precision, resolve_device
 from rnnlm.errors import RnnlmError, TrainingInterrupted
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
 from rnnlm.files import write_text_atomic
@@ -121,7 +121,8 @@ class Trainer:
             # multiplies many times slower; flushing them to zero costs nothing.
             torch.set_flush_denormal(True)
         fused.keep_freed_memory()  # large tensors reuse freed pages instead of faulting in new ones
-        self.autocast = autocast_context(self.device, self.tc.precision)
+        self.precision, self.precision_reason = choose_precision(self.device, self.tc.precision)
+        self.autocast = autocast_context(self.device, self.precision)
 
     def _load_data(self, resume: Optional[dict]) -> None:
         """The corpus, its tokenizer trained on the train split (or taken from the checkpoint)."""
@@ -148,7 +149,7 @@ class Trainer:
         # the checkpoints' `model` use them; training goes on from the raw ones (`trained_model`).
         self.ema = ExponentialMovingAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.eval_model = self.ema.module if self.ema is not None else self.model
-        self.scaler = torch.amp.GradScaler("cuda") if self.tc.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
     def _restore(self, resume: dict) -> None:
         self.model.load_state_dict(resume.get("trained_model", resume["model"]))
@@ -166,7 +167,7 @@ class Trainer:
         write_text_atomic(self.out / "config.yaml", dump_config(self.cfg))
         write_text_atomic(self.out / "tokenizer.json", tokenization.to_json(self.corpus.tokenizer))
         print(dump_config(self.cfg).rstrip())
-        print(f"device {self.device} | vocab {self.vocab_size} | {count_parameters(self.model):,} parameters | "
+        print(f"device {self.device} | precision {self.precision} ({self.precision_reason}) | vocab {self.vocab_size} | {count_parameters(self.model):,} parameters | "
               f"train {self.corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {self.stream_len:,}"
               + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
               + (f" | resuming at step {self.state.step}" if resuming else ""))

@@ -1,0 +1,67 @@
+"""The linear recurrence of the minimal cells (minGRU, minLSTM), with its backward by hand.
+
+    h_t = a_t * h_{t-1} + b_t          (elementwise; a_t, b_t computed from x_t alone)
+
+Because a_t and b_t do not depend on h, everything but this recurrence runs over all
+steps at once (cells.MinGRUCell.coefficients); here only one fused multiply-add per step
+is left, forward and backward. The backward is the same recurrence run in reverse:
+
+    g_t    = dL/dy_t + a_{t+1} * g_{t+1}      (g_{T-1} = dL/dy_{T-1} + dL/dh_T)
+    dL/da_t = g_t * h_{t-1},   dL/db_t = g_t,   dL/dh_0 = a_0 * g_0
+
+so it keeps no graph of T small operations, as autograd through a Python loop would.
+The state is carried in float32 (or float64) even under bf16 autocast: an update
+a * h + b that is small next to h would be rounded away in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def _forward(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """y (T, B, H) with y_t = a_t * y_{t-1} + b_t, y_{-1} = h0."""
+    y = torch.empty_like(b)
+    A, B, Y = a.unbind(0), b.unbind(0), y.unbind(0)
+    h = h0
+    for t in range(len(Y)):
+        h = torch.addcmul(B[t], A[t], h, out=Y[t])
+    return y
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        y = _forward(a, b, h0)
+        ctx.save_for_backward(a, h0, y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: Tensor):
+        a, h0, y = ctx.saved_tensors
+        g = torch.empty_like(y)  # g_t = dL/dh_t through every path
+        A, DY, G = a.unbind(0), dy.unbind(0), g.unbind(0)
+        T = len(G)
+        G[T - 1].copy_(DY[T - 1])
+        for t in reversed(range(T - 1)):
+            torch.addcmul(DY[t], A[t + 1], G[t + 1], out=G[t])
+        h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # h_{t-1} for every t
+        da = g * h_prev
+        dh0 = A[0] * G[0]
+        return da, g, dh0
+
+
+def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """y_t = a_t * y_{t-1} + b_t over a time-major (T, B, H) sequence from h0 (B, H).
+
+    Runs in float32 at least (the inputs are cast up, the result stays float32), with
+    the hand-written backward when autograd needs one.
+    """
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    a, b, h0 = a.to(dtype), b.to(dtype), h0.to(dtype)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
+        return _LinearRecurrence.apply(a, b, h0)
+    return _forward(a, b, h0)
