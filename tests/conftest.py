@@ -1,4 +1,5 @@
-"""Shared test helpers: a small text and a tiny config that trains in a second or two."""
+"""Shared test helpers: a small text, a tiny config that trains in a second or two, tiny
+trained runs shared by the test modules, and an untrained model for the unit tests."""
 
 import os
 from pathlib import Path
@@ -65,6 +66,7 @@ def tiny_overrides(tmp_path: Path, text_path: Path) -> list[str]:
         "optim.lr=0.01", "optim.warmup_steps=2", f"train.out_dir={tmp_path / 'run'}",
         "train.batch_size=4", "train.seq_len=16", "train.max_steps=20", "train.eval_every=10",
         "train.checkpoint_every=5", "train.log_every=1", "train.progress=false", "train.device=cpu",
+        "train.precision=fp32",  # the same numbers on every CPU, whatever bf16 support it has
         "sample.max_new_tokens=20",
     ]
 
@@ -111,3 +113,47 @@ def train_tiny_run(root: Path, *overrides: str) -> Path:
     with contextlib.redirect_stdout(io.StringIO()):
         train(tiny_config(root, text_path, *overrides))
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def logged_run(tmp_path_factory) -> Path:
+    """The run directory of a tiny run of 20 steps, logged every 2 (shared by test_train.py,
+    test_plots.py and test_gradflow.py: do not write into it)."""
+    return train_tiny_run(tmp_path_factory.mktemp("logged"), "train.max_steps=20", "train.log_every=2")
+
+
+# One tiny trained run per tokenizer kind, shared by test_predict.py and test_interactive.py.
+TOKENIZER_RUN_SETTINGS = ["tokenizer.vocab_size=300", "train.max_steps=80", "model.hidden_size=64", "optim.lr=0.02",
+                          "train.eval_every=1000"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_runs(tmp_path_factory) -> dict:
+    """{kind: best.pt} of a tiny run trained on small_text() for each tokenizer kind (word, char, bpe)."""
+    return {kind: train_tiny_run(tmp_path_factory.mktemp(kind), f"tokenizer.kind={kind}", *TOKENIZER_RUN_SETTINGS)
+            / "best.pt" for kind in ("word", "char", "bpe")}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_models(tokenizer_runs) -> dict:
+    """{kind: inference.LoadedModel} of `tokenizer_runs`, on the CPU."""
+    from rnnlm.inference import load_model
+
+    return {kind: load_model(path, "cpu") for kind, path in tokenizer_runs.items()}
+
+
+def untrained_lm(kind: str = "char", hidden_size: int = 16, seed: int = 0):
+    """An untrained one-layer model with a `kind` tokenizer of small_text(), as an
+    inference.LoadedModel on the CPU: for unit tests that need a model but not a trained one."""
+    import torch
+
+    from rnnlm import tokenizer as tokenization
+    from rnnlm.inference import LoadedModel
+    from rnnlm.model import RNNLM
+
+    cfg = load_config(None, [f"tokenizer.kind={kind}", "tokenizer.vocab_size=300", f"model.hidden_size={hidden_size}",
+                             "model.num_layers=1"])
+    tok = tokenization.train_tokenizer(kind, small_text(), cfg.tokenizer.vocab_size)
+    torch.manual_seed(seed)
+    model = RNNLM(tok.get_vocab_size(), cfg.model).eval()
+    return LoadedModel(model, tok, cfg, torch.device("cpu"), 0)

@@ -1,4 +1,5 @@
-"""The cells against torch's references, and the fast path against the reference path."""
+"""The cells against torch's references, the minimal cells (minGRU, minLSTM) against their
+equations, and the fast path against the reference path."""
 
 import pytest
 import torch
@@ -274,3 +275,93 @@ def test_fast_path_under_torch_compile():
     assert_close_all((y_c, *state_c), (y, *state))
     params = [x, *layer.parameters()]
     assert_close_all(grads([y_c], params), grads([y], params))
+
+
+# ---------------------------------------------------------------------------------------
+# The minimal cells (minGRU, minLSTM): gates from x_t alone, a linear recurrence in h
+
+MIN_KINDS = ["mingru", "minlstm"]
+
+
+def minimal_by_hand(kind, cell, x, h):
+    """h' of the cell's equations, written out from its weights."""
+    gates = x @ cell.weight_ih.t() + cell.bias_ih
+    if kind == "mingru":
+        z, h_tilde = gates.chunk(2, dim=-1)
+        z = torch.sigmoid(z)
+        return (1 - z) * h + z * h_tilde
+    f, i, h_tilde = gates.chunk(3, dim=-1)
+    f, i = torch.sigmoid(f), torch.sigmoid(i)
+    return f / (f + i) * h + i / (f + i) * h_tilde
+
+
+@pytest.mark.parametrize("kind", MIN_KINDS)
+def test_minimal_cell_follows_its_equations_with_input_weights_only(kind):
+    cell = CELLS[kind](I, H)
+    G = {"mingru": 2, "minlstm": 3}[kind]
+    assert {n: tuple(p.shape) for n, p in cell.named_parameters()} == {"weight_ih": (G * H, I), "bias_ih": (G * H,)}
+    assert not cell.recurrent_weights and cell.num_states == 1
+    x, h = torch.randn(B, I), torch.randn(B, H)
+    (h_new,) = cell(x, (h,))
+    torch.testing.assert_close(h_new, minimal_by_hand(kind, cell, x, h))
+    a, b = cell.coefficients(x)
+    torch.testing.assert_close(h_new, a * h + b)
+
+
+@pytest.mark.parametrize("kind", MIN_KINDS)
+@pytest.mark.parametrize("steps,batch", [(1, 1), (7, 3), (20, 4)])
+def test_minimal_fast_path_matches_reference(kind, steps, batch):
+    fast, ref = twins(kind, I, 16)
+    x = torch.randn(steps, batch, I, requires_grad=True)
+    state = random_state(kind, batch, 16)
+    out, ref_out = fast(x, state), ref(x, state)
+    assert out[0].shape == (steps, batch, 16) and len(out[1]) == 1
+    assert_close_all((out[0], *out[1]), (ref_out[0], *ref_out[1]))
+    assert_close_all(grads((out[0], *out[1]), [x, *state, *fast.parameters()]),
+                     grads((ref_out[0], *ref_out[1]), [x, *state, *ref.parameters()]))
+
+
+@pytest.mark.parametrize("kind", MIN_KINDS)
+def test_minimal_step_and_stepper_agree_with_forward(kind):
+    layer = RecurrentLayer(kind, I, H).eval()
+    x, state = torch.randn(T, B, I), (torch.randn(B, H),)
+    with torch.no_grad():
+        y, last = layer(x, state)
+        step, states = layer.stepper(), [state]
+        for t in range(T):
+            out, new_state = step(x[t], states[-1])
+            torch.testing.assert_close(out, y[t])
+            states.append(new_state)
+        assert_close_all(states[-1], last)
+        assert_close_all([s[0] for s in states[1:]], list(y))  # every state kept its own step's value
+        h, step_state = layer.step(x[0], state)
+        assert_close_all((h, *step_state), (y[0], layer(x[:1], state)[1][0]))
+    h, _ = layer.step(x[0], state)  # with autograd
+    h.sum().backward()
+    assert layer.cell.weight_ih.grad is not None
+
+
+@pytest.mark.parametrize("kind", MIN_KINDS)
+def test_minimal_cells_refuse_weight_drop(kind):
+    with pytest.raises(RnnlmError) as e:
+        RecurrentLayer(kind, I, H, weight_drop=0.1)
+    assert str(e.value) == (f"weight_drop (DropConnect on W_hh) needs a cell with hidden-to-hidden weights; "
+                            f"{kind} has none: set it to 0")
+    from rnnlm.config import load_config
+
+    with pytest.raises(RnnlmError) as e:
+        load_config(None, [f"model.cell={kind}", "model.weight_drop=0.1"])
+    assert str(e.value) == (f"config: model.weight_drop (DropConnect on W_hh) must be 0 for {kind}, which has no "
+                            "hidden-to-hidden weights")
+
+
+@pytest.mark.parametrize("kind", MIN_KINDS)
+def test_minimal_fast_path_under_autocast_carries_the_state_in_fp32(kind):
+    layer = RecurrentLayer(kind, I, H)
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h,) = layer(x, None)
+    assert y.dtype == h.dtype == torch.float32
+    y.sum().backward()
+    assert layer.cell.weight_ih.grad.dtype == torch.float32
+    torch.testing.assert_close(y, layer(x, None)[0], atol=0.05, rtol=0.05)

@@ -1,10 +1,13 @@
-"""Config: every shipped config loads; bad keys, types, values and YAML are named clearly."""
+"""Config (rnnlm.config): every shipped config loads; bad keys, types, values and YAML are
+named clearly; the config reference in docs/design.md is current; the sampling settings
+follow one rule wherever they are given."""
 
 from pathlib import Path
 
 import pytest
 
-from rnnlm.config import Config, config_from_dict, config_to_dict, dump_config, load_config
+from rnnlm.config import (Config, check_sampling, config_from_dict, config_to_dict, dump_config, load_config,
+                          sampling_error)
 from rnnlm.errors import RnnlmError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -94,3 +97,42 @@ def test_docs_document_every_config_field():
     design = (Path(__file__).parents[1] / "docs" / "design.md").read_text(encoding="utf-8")
     assert all(doc for _, doc in field_docs().values()), "every config field needs a docstring line"
     assert reference_table() in design, "docs/design.md's configuration reference is stale: paste reference_table()"
+
+
+# ---------------------------------------------------------------------------------------
+# The sampling settings: one rule for the config, the command line, the Python API and
+# the interactive mode, each naming the setting its own way.
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("top_p", 1.0, None), ("top_p", 1e-6, None),
+    ("top_p", 0.0, "must be in (0, 1]"), ("top_p", 1.5, "must be in (0, 1]"),
+    ("temperature", 0.0, None), ("temperature", -0.1, "must be >= 0 (0 = greedy)"),
+    ("top_k", 0, None), ("top_k", -1, "must be >= 0"),
+    ("max_new_tokens", 0, None), ("max_new_tokens", -5, "must be >= 0"),
+    ("num_samples", 1, None), ("num_samples", 0, "must be at least 1"),
+])
+def test_sampling_error_says_what_a_setting_must_be(key, value, problem):
+    assert sampling_error(key, value) == problem
+
+
+def test_one_sampling_rule_named_for_the_config_the_command_line_the_python_api_and_the_prompt():
+    from rnnlm.interactive import apply_command
+    from rnnlm.sample import generate
+    from tests.conftest import untrained_lm
+
+    assert _error("sample.top_p=1.5") == "config: sample.top_p must be in (0, 1], got 1.5"
+    with pytest.raises(RnnlmError) as e:
+        check_sampling({"top_p": 1.5}, name=lambda key: "--" + key.replace("_", "-"))  # as the command line names it
+    assert str(e.value) == "--top-p must be in (0, 1], got 1.5"
+    with pytest.raises(RnnlmError) as e:
+        generate(untrained_lm(), "The army", top_k=-1)
+    assert str(e.value) == "top-k must be >= 0, got -1"
+    assert apply_command("/top-p 1.5", {"top_p": 1.0}) == "/top-p must be in (0, 1], got 1.5"
+
+
+def test_check_sampling_names_the_first_bad_setting_and_ignores_other_keys():
+    check_sampling({"prompt": "", "seed": -3, "top_p": 1.0})  # not sampling ranges: not its business
+    with pytest.raises(RnnlmError) as e:
+        check_sampling({"temperature": -1, "top_k": -1})
+    assert str(e.value) == "temperature must be >= 0 (0 = greedy), got -1"

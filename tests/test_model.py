@@ -1,10 +1,11 @@
-"""The language model's one-token `step` (generation) against its `forward` (training)."""
+"""The language model (rnnlm.model): its one-token `step` (generation) against its `forward`
+(training), for every cell kind, and the training loss `lm_loss`."""
 
 import pytest
 import torch
 
 from rnnlm.config import ModelConfig
-from rnnlm.model import RNNLM
+from rnnlm.model import RNNLM, lm_loss
 
 V, B, T = 11, 3, 5
 
@@ -58,3 +59,33 @@ def test_stepper_equals_step_and_falls_back_when_training(kind):
     # In training mode (DropConnect drawing masks) the layers take their general path.
     model.train()
     assert [layer.stepper() for layer in model.layers] == [layer.step for layer in model.layers]
+
+
+def test_lm_loss_is_the_fp32_cross_entropy_of_every_position_skipping_padding():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(B, T, V), torch.randint(V, (B, T))
+    by_hand = -torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    assert lm_loss(logits, targets) == pytest.approx(float(by_hand.mean()), rel=1e-6)
+    assert lm_loss(logits, targets, reduction="sum") == pytest.approx(float(by_hand.sum()), rel=1e-6)
+    padded = targets.clone()
+    padded[:, -2:] = -100  # padding is not scored
+    assert lm_loss(logits, padded) == pytest.approx(float(by_hand[:, :-2].mean()), rel=1e-6)
+    low = lm_loss(logits.bfloat16(), targets)  # logits under autocast: the loss is still fp32
+    assert low.dtype == torch.float32
+    assert low == pytest.approx(float(lm_loss(logits.bfloat16().float(), targets)), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mingru", "minlstm"])
+def test_minimal_cells_step_by_step_equals_forward(kind):
+    torch.manual_seed(0)
+    model = RNNLM(V, ModelConfig(cell=kind, hidden_size=8, num_layers=2)).eval()
+    idx = torch.randint(V, (B, T))
+    with torch.no_grad():
+        logits, state = model(idx)
+        step = model.stepper()
+        step_state = model.init_state(B)
+        for t in range(T):
+            step_logits, step_state = step(idx[:, t], step_state)
+            torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-5)
+    for a, b in zip(step_state, state):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

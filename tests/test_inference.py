@@ -1,4 +1,5 @@
-"""The Python API: `from rnnlm import load_model`, then generate, next_words and score."""
+"""The Python API (rnnlm.inference): `from rnnlm import load_model`, then the LoadedModel's
+generate, next_words and score."""
 
 import math
 
@@ -13,7 +14,7 @@ from tests.conftest import SENTENCES, train_tiny_run
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
-    run = train_tiny_run(tmp_path_factory.mktemp("api"), "train.max_steps=60", "model.hidden_size=64",
+    run = train_tiny_run(tmp_path_factory.mktemp("inference"), "train.max_steps=60", "model.hidden_size=64",
                          "optim.lr=0.02", "sample.max_new_tokens=15", "sample.temperature=1.0")
     return load_model(run / "best.pt", device="cpu")
 

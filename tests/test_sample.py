@@ -1,0 +1,113 @@
+"""Generation (rnnlm.sample): top-k and top-p keep the right tokens and always the most
+likely one, temperature 0 is the argmax, an empty prompt is refused, and the streamed
+text is the text returned. Seeded generation from a trained checkpoint is in
+test_train.py; the sampling settings' ranges in test_config.py."""
+
+import math
+
+import pytest
+import torch
+
+from rnnlm.errors import RnnlmError
+from rnnlm.inference import load_model
+from rnnlm.sample import encode_prompt, filter_logits, generate, sample_next
+from rnnlm.train import train
+from tests.conftest import tiny_config, untrained_lm
+
+# Probabilities in a shuffled order, so the kept tokens must be put back in place.
+PROBS = [0.15, 0.5, 0.05, 0.3]  # by rank: token 1 (0.5), 3 (0.3), 0 (0.15), 2 (0.05)
+LOGITS = torch.tensor([PROBS]).log()
+
+
+def kept(logits: torch.Tensor) -> list[list[int]]:
+    """The token ids left finite in each row."""
+    return [torch.isfinite(row).nonzero().flatten().tolist() for row in logits]
+
+
+def test_top_k_keeps_the_k_most_likely_tokens():
+    assert kept(filter_logits(LOGITS, top_k=1)) == [[1]]
+    assert kept(filter_logits(LOGITS, top_k=2)) == [[1, 3]]
+    assert kept(filter_logits(LOGITS, top_k=3)) == [[0, 1, 3]]
+    for no_filter in (0, 4, 100):  # 0 = all; k >= the vocabulary leaves every token
+        assert torch.equal(filter_logits(LOGITS, top_k=no_filter), LOGITS)
+
+
+def test_top_k_keeps_the_values_of_the_tokens_it_keeps():
+    filtered = filter_logits(LOGITS, top_k=2)
+    assert torch.equal(filtered[0, [1, 3]], LOGITS[0, [1, 3]])
+    assert filtered[0, 0] == filtered[0, 2] == -math.inf
+
+
+@pytest.mark.parametrize("top_p, tokens", [
+    (0.4, [1]),  # the top token alone covers 0.4
+    (0.75, [1, 3]),  # 0.5 < 0.75, 0.5 + 0.3 covers it
+    (0.9, [0, 1, 3]),
+    (0.99, [0, 1, 2, 3]),
+    (1.0, [0, 1, 2, 3]),
+])
+def test_top_p_keeps_the_smallest_set_of_likeliest_tokens_that_covers_p(top_p, tokens):
+    assert kept(filter_logits(LOGITS, top_p=top_p)) == [tokens]
+
+
+def test_the_most_likely_token_always_stays():
+    assert kept(filter_logits(LOGITS, top_p=1e-9)) == [[1]]
+    peaked = torch.tensor([[0.0, 30.0, 0.0]])  # the top token alone is ~all the mass
+    assert kept(filter_logits(peaked, top_k=1, top_p=1e-9)) == [[1]]
+
+
+def test_rows_are_filtered_each_on_their_own():
+    logits = torch.cat([LOGITS, LOGITS.flip(-1)])  # (2, V): the second row's ranking reversed in place
+    assert kept(filter_logits(logits, top_k=2)) == [[1, 3], [0, 2]]
+    assert kept(filter_logits(logits, top_p=0.75)) == [[1, 3], [0, 2]]
+
+
+def test_top_k_then_top_p_of_what_is_left():
+    # top-k 3 leaves 0.5, 0.3, 0.15 (renormalised: 0.526, 0.316, 0.158); top-p 0.8 then keeps two.
+    assert kept(filter_logits(LOGITS, top_k=3, top_p=0.8)) == [[1, 3]]
+
+
+def test_temperature_zero_is_the_argmax_of_each_row():
+    logits = torch.randn(6, 11, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample_next(logits, 0, 0, 1.0, None), logits.argmax(-1))
+    assert torch.equal(sample_next(logits, 0, 5, 0.5, None), logits.argmax(-1))  # filters do not matter
+
+
+def test_sampling_draws_only_kept_tokens_and_is_seeded():
+    logits = LOGITS.expand(2000, -1)
+    draws = sample_next(logits, 1.0, 0, 0.75, torch.Generator().manual_seed(1))
+    assert set(draws.tolist()) == {1, 3}
+    share = (draws == 1).float().mean().item()
+    assert share == pytest.approx(0.5 / 0.8, abs=0.04)  # renormalised over the nucleus
+    again = sample_next(logits, 1.0, 0, 0.75, torch.Generator().manual_seed(1))
+    assert torch.equal(draws, again)
+    assert set(sample_next(logits, 5.0, 1, 1.0, None).tolist()) == {1}  # top-k 1 at any temperature
+
+
+def test_an_empty_prompt_is_refused():
+    lm = untrained_lm("char")
+    with pytest.raises(RnnlmError) as e:
+        encode_prompt(lm.tokenizer, "")
+    assert str(e.value) == "the prompt is empty; give some text with --prompt, --prompt-file or on stdin"
+    assert encode_prompt(lm.tokenizer, "The army") == lm.tokenizer.encode("The army").ids
+
+
+def test_a_prompt_of_no_tokens_is_refused():
+    lm = untrained_lm("word")
+    with pytest.raises(RnnlmError) as e:
+        encode_prompt(lm.tokenizer, "  \n ")  # words only: whitespace makes no token
+    assert str(e.value) == "the prompt encodes to no tokens; give some text with --prompt"
+
+
+def test_no_new_tokens_is_an_empty_continuation_per_sample():
+    pieces = []
+    assert generate(untrained_lm("char"), "The army", max_new_tokens=0, num_samples=2,
+                    on_text=pieces.append) == ["", ""]
+    assert pieces == []
+
+
+def test_generation_streams_the_same_text_it_returns(tmp_path, text_file):
+    train(tiny_config(tmp_path, text_file, "tokenizer.kind=bpe", "tokenizer.vocab_size=300"))
+    lm = load_model(tmp_path / "run" / "last.pt")
+    pieces = []
+    texts = generate(lm, "The army", max_new_tokens=25, seed=1, on_text=pieces.append)
+    assert "".join(pieces) == texts[0]
