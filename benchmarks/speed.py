@@ -93,8 +93,10 @@ def torch_name(cell: str) -> str:
 
 
 def layer_flops_per_token(cell: str, input_size: int, hidden_size: int) -> float:
-    """Forward matmul FLOPs of one recurrent layer per token: 2*(I+H)*G*H, G = the cell's num_gates."""
-    return 2.0 * (input_size + hidden_size) * CELLS[cell].num_gates * hidden_size
+    """Forward matmul FLOPs of one recurrent layer per token: 2*(I+H)*G*H, G = the cell's
+    num_gates (2*I*G*H for the minimal cells, which have no W_hh)."""
+    kind = CELLS[cell]
+    return 2.0 * (input_size + (hidden_size if kind.recurrent_weights else 0)) * kind.num_gates * hidden_size
 
 
 # ------------------------------------------------------------------ layer stacks
@@ -290,7 +292,8 @@ def bench_min_generate(cells, shapes, rounds, reps) -> list[Row]:
             steps[name] = stack_step_fns(stack, TorchStack(gated, H, L).eval(), 1)[0]
         secs = interleaved(steps, rounds, reps)
         for name, sec in secs.items():
-            rows.append(Row("min generate", name, f"B=1 H={H} L={L}", 1 / sec, float("nan"),
+            c = cell if name == f"ours {cell}" else gated
+            rows.append(Row("min generate", name, f"B=1 H={H} L={L}", 1 / sec, L * layer_flops_per_token(c, H, H),
                             ratio=secs[f"ours {gated}"] / sec, extra={"vs": f"ours {gated}"}))
     return rows
 

@@ -51,7 +51,7 @@ def choose_precision(device: torch.device, requested: str) -> tuple[str, str]:
     if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         if requested == "auto":
-            return ("bf16", "the GPU computes bf16") if bf16 else ("fp32", "the GPU has no bf16")
+            return ("bf16", "auto: the GPU computes bf16") if bf16 else ("fp32", "auto: the GPU has no bf16")
         if requested == "bf16" and not bf16:
             raise RnnlmError("train.precision=bf16 is not supported by this GPU; use fp16 or fp32")
         return requested, "as configured"

@@ -186,6 +186,7 @@ class Trainer:
                 s.elapsed = ddp.from_main(time.perf_counter() - self.run_start)  # all ranks: same lr, same limit
                 progress = run_progress(s.step, s.epoch_float(self.stream_len), s.elapsed, tc)
                 if self._limit_reached():
+                    bar.show(s.step, 1.0)
                     break
                 if s.position >= self.stream_len - 1:  # end of the streams: a new epoch starts afresh
                     s.epoch, s.position, s.hidden = s.epoch + 1, 0, None

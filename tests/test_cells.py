@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rnnlm import fused
-from rnnlm.cells import CELLS, GRUCell, LSTMCell, RecurrentLayer, RNNCell
+from rnnlm.cells import CELLS, GRUCell, LSTMCell, MinGRUCell, MinLSTMCell, RecurrentLayer, RNNCell
 from rnnlm.errors import RnnlmError
 
 KINDS = ["rnn", "gru", "lstm"]
@@ -42,7 +42,7 @@ def seed():
 
 
 def test_registry():
-    assert CELLS == {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
+    assert CELLS == {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell, "mingru": MinGRUCell, "minlstm": MinLSTMCell}
 
 
 @pytest.mark.parametrize("kind", KINDS)

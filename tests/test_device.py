@@ -119,8 +119,8 @@ def test_mps_has_no_mixed_precision():
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_cuda_precision_follows_the_gpus_bf16_support(monkeypatch, has_bf16):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: has_bf16)
-    assert choose_precision(CUDA, "auto") == (("bf16", "the GPU computes bf16") if has_bf16
-                                              else ("fp32", "the GPU has no bf16"))
+    assert choose_precision(CUDA, "auto") == (("bf16", "auto: the GPU computes bf16") if has_bf16
+                                              else ("fp32", "auto: the GPU has no bf16"))
     assert choose_precision(CUDA, "fp16") == ("fp16", "as configured")
     if has_bf16:
         assert choose_precision(CUDA, "bf16") == ("bf16", "as configured")

@@ -159,7 +159,7 @@ def test_out_of_range_values(tmp_path, text_file, capsys, override, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.cell=transformer", "model.cell must be one of rnn, gru, lstm, got 'transformer'"),
+    ("model.cell=transformer", "model.cell must be one of rnn, gru, lstm, mingru, minlstm, got 'transformer'"),
     ("tokenizer.kind=sentencepiece", "tokenizer.kind must be one of bpe, word, char, got 'sentencepiece'"),
 ])
 def test_unknown_cell_or_tokenizer_kind(tmp_path, text_file, capsys, override, message):
