@@ -53,7 +53,9 @@ class TrainState:
         so call it after everything that draws random numbers while setting up."""
         hidden = checkpoint["hidden"]
         if hidden is not None:  # the global batch's state; distributed: this process's rows
-            hidden = ddp.shard_state([tuple(t.to(device) for t in layer) for layer in hidden])
+            # In float32 whatever precision wrote it (bf16 holds no value float32 cannot),
+            # so a run may resume at another train.precision.
+            hidden = ddp.shard_state([tuple(t.to(device, torch.float32) for t in layer) for layer in hidden])
         rng = ddp.own_rng_state(checkpoint)
         if rng is not None:
             set_rng_state(rng, device)
