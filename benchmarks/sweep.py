@@ -42,10 +42,12 @@ from rnnlm.train import train  # noqa: E402
 
 def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7, reps: int = 3) -> list[float]:
     """Median seconds of one training step (forward, backward, clipping, AdamW) of each
-    trial's model, on random tokens, timed side by side (benchmarks.timing.interleaved).
+    trial's model at its train.precision, on random tokens, timed side by side
+    (benchmarks.timing.interleaved).
     The vocabulary size is tokenizer.vocab_size (the text is not read)."""
     import torch
 
+    from rnnlm.device import autocast_context, choose_precision
     from rnnlm.model import RNNLM
 
     steps = {}
@@ -54,10 +56,22 @@ def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7,
         V, B, T = cfg.tokenizer.vocab_size, cfg.train.batch_size, cfg.train.seq_len
         torch.manual_seed(0)
         model = RNNLM(V, cfg.model).train()
-        steps[i] = lm_train_step_fn(model, torch.randint(V, (B, T)), torch.randint(V, (B, T)),
-                                    cfg.optim.clip_grad_norm or float("inf"))
+        step = lm_train_step_fn(model, torch.randint(V, (B, T)), torch.randint(V, (B, T)),
+                                cfg.optim.clip_grad_norm or float("inf"))
+        # At the trial's train.precision, as the trainer would run it on this CPU.
+        precision, _ = choose_precision(torch.device("cpu"), cfg.train.precision)
+        steps[i] = autocast_step(step, autocast_context(torch.device("cpu"), precision))
     secs = interleaved(steps, rounds, reps)
     return [secs[i] for i in range(len(trial_overrides))]
+
+
+def autocast_step(step, autocast):
+    """`step` inside a fresh context of the factory `autocast` (e.g. device.autocast_context's)."""
+    def run():
+        with autocast():
+            step()
+
+    return run
 
 
 def run_trial(config: str, overrides: list[str], out_dir: Path) -> dict:
