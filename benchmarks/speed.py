@@ -339,12 +339,20 @@ def bench_lm_train(cfg, ours: RNNLM, ref: TorchLM, rounds: int, reps: int, peak_
     clip = cfg.optim.clip_grad_norm or float("inf")
     flops = 3 * lm_flops_per_token(ours, V)
     ours.train(), ref.train()
-    secs = interleaved({"ours": lm_train_step_fn(ours, idx, target, clip),
-                        name: lm_train_step_fn(ref, idx, target, clip), "peak": peak_fn}, rounds, reps)
+    contenders = {"ours": lm_train_step_fn(ours, idx, target, clip),
+                  name: lm_train_step_fn(ref, idx, target, clip), "peak": peak_fn}
+    low = {p: dtype for p, dtype in precisions().items() if dtype is not None}
+    for p, dtype in low.items():  # the same model under autocast, as train.precision=auto runs it here
+        contenders[f"ours {p}"] = autocast_step(lm_train_step_fn(copy.deepcopy(ours), idx, target, clip), dtype)
+    secs = interleaved(contenders, rounds, reps)
     peak = peak_flops / secs["peak"]
-    return [Row("lm train", f"ours {m.cell} LM", shape, B * T / secs["ours"], flops,
+    rows = [Row("lm train", f"ours {m.cell} LM", shape, B * T / secs["ours"], flops,
                 ratio=secs[name] / secs["ours"], peak_flops=peak),
             Row("lm train", name, shape, B * T / secs[name], flops, peak_flops=peak)]
+    for p in low:
+        rows.append(Row(f"lm train {p}", f"ours {m.cell} LM", shape, B * T / secs[f"ours {p}"], flops,
+                        ratio=secs["ours"] / secs[f"ours {p}"], peak_flops=peak, extra={"vs": "ours fp32"}))
+    return rows
 
 
 def bench_lm_generate(cfg, ours: RNNLM, ref: TorchLM, rounds: int, reps: int, batches) -> list[Row]:
@@ -401,7 +409,8 @@ def format_table(rows: list[Row], peak: float, n: int, flush: bool) -> str:
 
     if any("vs" in r.extra for r in rows):
         lines.insert(1, "minimal-cell rows ('min ...'): 'ours/torch' is the ratio to our gated cell of the same "
-                        "width (ours gru for mingru, ours lstm for minlstm), timed in the same rounds")
+                        "width (ours gru for mingru, ours lstm for minlstm); 'lm train bf16': the ratio to our "
+                        "model in fp32; both timed in the same rounds. MFU divides by the fp32 peak, also for bf16")
     for r in rows:
         matvec = fmt(r.vs_matvec, ">8.2f") + ("x" if r.vs_matvec == r.vs_matvec else "")
         lines.append(
