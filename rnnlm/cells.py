@@ -155,6 +155,11 @@ class MinGRUCell(_Cell):
         z = torch.sigmoid(z)
         return 1 - z, z * h_tilde
 
+    def fast_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`coefficients` for the fast path: the same ops (autograd's backward of three
+        elementwise ops is as short as one written by hand)."""
+        return self.coefficients(x)
+
     def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         (h,) = state
         a, b = self.coefficients(x)
@@ -179,6 +184,10 @@ class MinLSTMCell(_Cell):
         f, i = torch.sigmoid(f), torch.sigmoid(i)
         total = f + i
         return f / total, i / total * h_tilde
+
+    def fast_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`coefficients` with the gates' backward written by hand (scan.minlstm_coefficients)."""
+        return scan.minlstm_coefficients(F.linear(x, self.weight_ih, self.bias_ih))
 
     def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         (h,) = state
@@ -256,7 +265,7 @@ class RecurrentLayer(nn.Module):
             state = self.init_state(B, x.device, x.dtype)
         weight_hh = self._weight_hh()
         if self.impl == "fast" and not self.cell.recurrent_weights:
-            a, b = self.cell.coefficients(x)  # (T, B, H) each: all steps in one matmul
+            a, b = self.cell.fast_coefficients(x)  # (T, B, H) each: all steps in one matmul
             y = scan.linear_recurrence(a, b, state[0])
             return y, (y[-1],)
         if self.impl == "fast":

@@ -1,4 +1,5 @@
-"""The linear recurrence of the minimal cells (minGRU, minLSTM), with its backward by hand.
+"""The minimal cells' fast path (minGRU, minLSTM): the linear recurrence, with its
+backward by hand, and minLSTM's coefficients for all steps at once.
 
     h_t = a_t * h_{t-1} + b_t          (elementwise; a_t, b_t computed from x_t alone)
 
@@ -65,3 +66,44 @@ def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
         return _LinearRecurrence.apply(a, b, h0)
     return _forward(a, b, h0)
+
+
+class _MinLSTMCoefficients(torch.autograd.Function):
+    """a = f / (f + i), b = i / (f + i) * h~ from the pre-activations (f, i, h~), with
+    f = sigmoid(f_pre), i = sigmoid(i_pre). With w = 1 - a = i / (f + i), the backward
+    is, by hand (autograd would keep and run twice the elementwise passes):
+
+        dw = db * h~ - da,     dh~ = db * w,     c = dw * a * w
+        di_pre = c * (1 - i),  df_pre = -c * (1 - f)
+    """
+
+    @staticmethod
+    def forward(ctx, gates: Tensor):
+        H = gates.shape[-1] // 3
+        f_i = gates[..., : 2 * H].sigmoid()
+        f, i, h_tilde = f_i[..., :H], f_i[..., H:], gates[..., 2 * H:]
+        a = f / (f + i)
+        b = torch.addcmul(h_tilde, a, h_tilde, value=-1)  # (1 - a) * h~
+        ctx.save_for_backward(f_i, a, h_tilde)
+        return a, b
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, da: Tensor, db: Tensor):
+        f_i, a, h_tilde = ctx.saved_tensors
+        H = a.shape[-1]
+        w = 1 - a
+        dgates = torch.empty(*a.shape[:-1], 3 * H, dtype=a.dtype, device=a.device)
+        torch.mul(db, w, out=dgates[..., 2 * H:])  # dh~
+        c = torch.addcmul(-da, db, h_tilde).mul_(a).mul_(w)  # dw * a * w
+        d_f_i = dgates[..., : 2 * H].view(*a.shape[:-1], 2, H)
+        torch.sub(1, f_i.view_as(d_f_i), out=d_f_i).mul_(c.unsqueeze(-2))  # c (1 - f), c (1 - i)
+        d_f_i[..., 0, :].neg_()  # df_pre = -c (1 - f)
+        return dgates
+
+
+def minlstm_coefficients(gates: Tensor) -> tuple[Tensor, Tensor]:
+    """minLSTM's a and b (cells.MinLSTMCell.coefficients) from its pre-activations
+    (..., 3H) = W x + b for all steps, with the hand-written backward."""
+    return _MinLSTMCoefficients.apply(gates)
+

@@ -69,3 +69,20 @@ def test_without_autograd_the_same_numbers():
         y = linear_recurrence(a, b, h0)
     assert not y.requires_grad
     torch.testing.assert_close(y, linear_recurrence(a, b, h0).detach())
+
+
+def test_minlstm_coefficients_match_the_cell_and_pass_gradcheck():
+    from rnnlm.cells import MinLSTMCell
+    from rnnlm.scan import minlstm_coefficients
+
+    torch.manual_seed(0)
+    cell = MinLSTMCell(6, 4).double()
+    x = torch.randn(5, 3, 6, dtype=torch.float64, requires_grad=True)
+    gates = torch.nn.functional.linear(x, cell.weight_ih, cell.bias_ih)
+    fast, ref = minlstm_coefficients(gates), cell.coefficients(x)
+    assert all(torch.allclose(f, r, atol=1e-12) for f, r in zip(fast, ref))
+    w = [torch.randn_like(t) for t in ref]
+    g_fast = torch.autograd.grad(sum((t * v).sum() for t, v in zip(fast, w)), [x, *cell.parameters()])
+    g_ref = torch.autograd.grad(sum((t * v).sum() for t, v in zip(ref, w)), [x, *cell.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g_fast, g_ref))
+    assert torch.autograd.gradcheck(minlstm_coefficients, (gates.detach().requires_grad_(),))
