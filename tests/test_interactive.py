@@ -3,23 +3,10 @@
 
 import io
 
-import pytest
 
 from rnnlm.cli import main
 from rnnlm.interactive import apply_command, run_session
 from rnnlm.sample import generate
-
-
-@pytest.fixture
-def runs(tokenizer_runs):
-    """{kind: best.pt} of a tiny run per tokenizer kind (conftest.tokenizer_runs)."""
-    return tokenizer_runs
-
-
-@pytest.fixture
-def models(tokenizer_models):
-    """{kind: LoadedModel} of those runs."""
-    return tokenizer_models
 
 
 def test_commands_change_the_settings():
@@ -35,8 +22,8 @@ def test_commands_change_the_settings():
     assert settings["temperature"] == 0.7 and settings["top_p"] == 0.9
 
 
-def test_session_completes_each_line_with_the_current_settings(models):
-    lm = models["char"]
+def test_session_completes_each_line_with_the_current_settings(tokenizer_models):
+    lm = tokenizer_models["char"]
     settings = {"temperature": 0.8, "top_k": 0, "top_p": 1.0, "max_new_tokens": 30, "seed": None}
     out = []
     lines = ["/temperature 0\n", "/max-new-tokens 12\n", "The army\n", "\n", "/top-k 3\n", "Pierre looked\n"]
@@ -47,9 +34,9 @@ def test_session_completes_each_line_with_the_current_settings(models):
     assert "temperature = 0.0" in text and "top_k = 3" in text
 
 
-def test_generate_interactive_reads_stdin_until_it_ends(runs, monkeypatch, capsys):
+def test_generate_interactive_reads_stdin_until_it_ends(tokenizer_runs, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("/max-new-tokens 7\nNapoleon was\nThe prince\n"))
-    assert main(["generate", "--checkpoint", str(runs["word"]), "--interactive", "--temperature", "0"]) == 0
+    assert main(["generate", "--checkpoint", str(tokenizer_runs["word"]), "--interactive", "--temperature", "0"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "max_new_tokens = 7"
     assert out[1].startswith("Napoleon was ") and out[2].startswith("The prince ")

@@ -13,26 +13,14 @@ from rnnlm.predict import PUNCT, WORD, next_words, token_class
 PROMPT = "Napoleon was the Emperor of"
 
 
-@pytest.fixture
-def runs(tokenizer_runs):
-    """{kind: best.pt} of a tiny run per tokenizer kind (conftest.tokenizer_runs)."""
-    return tokenizer_runs
-
-
-@pytest.fixture
-def models(tokenizer_models):
-    """{kind: LoadedModel} of those runs."""
-    return tokenizer_models
-
-
 def test_token_classes():
     assert token_class("the") == WORD and token_class(" the") != WORD
     assert token_class(",") == PUNCT and token_class(" “") == PUNCT
     assert token_class("\n") == token_class(" ") != PUNCT
 
 
-def test_word_tokenizer_gives_the_softmax_of_the_next_token(models):
-    lm = models["word"]
+def test_word_tokenizer_gives_the_softmax_of_the_next_token(tokenizer_models):
+    lm = tokenizer_models["word"]
     words = next_words(lm, PROMPT, 5)
     ids = tokenization.encode(lm.tokenizer, PROMPT)
     with torch.no_grad():
@@ -44,8 +32,8 @@ def test_word_tokenizer_gives_the_softmax_of_the_next_token(models):
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
-def test_bpe_and_char_predictions_are_whole_words_with_probabilities(models, kind):
-    words = next_words(models[kind], PROMPT, 8)
+def test_bpe_and_char_predictions_are_whole_words_with_probabilities(tokenizer_models, kind):
+    words = next_words(tokenizer_models[kind], PROMPT, 8)
     assert len(words) == 8
     probs = [p for _, p in words]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
@@ -55,10 +43,10 @@ def test_bpe_and_char_predictions_are_whole_words_with_probabilities(models, kin
     assert words[0][0] == "the"
 
 
-def test_char_word_probability_is_the_product_along_its_spelling(models):
+def test_char_word_probability_is_the_product_along_its_spelling(tokenizer_models):
     # P(next word = "the") = p(" ") p("t") p("h") p("e") * p(a boundary after "the"), plus
     # other spellings (two spaces, a line break first) that this model all but never uses.
-    lm = models["char"]
+    lm = tokenizer_models["char"]
     ids = tokenization.encode(lm.tokenizer, PROMPT + " the")
     with torch.no_grad():
         logp = torch.log_softmax(lm.model(torch.tensor([ids]))[0][0], dim=-1)  # (P + 4, V)
@@ -71,9 +59,9 @@ def test_char_word_probability_is_the_product_along_its_spelling(models):
     assert by_hand <= got * (1 + 1e-5) and got == pytest.approx(by_hand, rel=0.02)
 
 
-def test_the_prompt_last_word_is_complete(models):
+def test_the_prompt_last_word_is_complete(tokenizer_models):
     # The model would glue "or" onto "Emper"; that is the prompt's word going on, not a next word.
-    lm = models["char"]
+    lm = tokenizer_models["char"]
     prompt = "Napoleon was the Emper"
     ids = tokenization.encode(lm.tokenizer, prompt)
     with torch.no_grad():
@@ -84,14 +72,14 @@ def test_the_prompt_last_word_is_complete(models):
     assert "or" not in words and sum(words.values()) <= 1 - glue + 1e-6
 
 
-def test_predict_command_prints_a_table(runs, capsys):
-    assert main(["predict", "--checkpoint", str(runs["bpe"]), "-k", "3", PROMPT]) == 0
+def test_predict_command_prints_a_table(tokenizer_runs, capsys):
+    assert main(["predict", "--checkpoint", str(tokenizer_runs["bpe"]), "-k", "3", PROMPT]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["#", "next", "word", "probability"] and len(lines) == 5
     assert lines[2].split()[:2] == ["1", "the"] and 0 < float(lines[2].split()[-1]) <= 1
 
 
-def test_predict_command_errors(runs, capsys):
+def test_predict_command_errors(tokenizer_runs, capsys):
     assert main(["predict", "--checkpoint", "nope.pt", PROMPT]) == 2
-    assert main(["predict", "--checkpoint", str(runs["char"]), "-k", "0", PROMPT]) == 2
+    assert main(["predict", "--checkpoint", str(tokenizer_runs["char"]), "-k", "0", PROMPT]) == 2
     assert capsys.readouterr().err.count("error: ") == 2
