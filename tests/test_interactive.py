@@ -3,7 +3,6 @@
 
 import io
 
-
 from rnnlm.cli import main
 from rnnlm.interactive import apply_command, run_session
 from rnnlm.sample import generate
