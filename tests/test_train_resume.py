@@ -94,6 +94,22 @@ def test_interrupt_and_resume_is_bit_identical_to_a_straight_run(tmp_path, text_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("extra", [["model.cell=mingru"], ["model.cell=minlstm"],
+                                   ["model.cell=gru", "train.precision=bf16"]], ids=["mingru", "minlstm", "gru-bf16"])
+def test_minimal_cells_and_bf16_resume_bit_identically(tmp_path, text_file, extra):
+    # No DropConnect (the minimal cells have no W_hh); a constant schedule, so the first
+    # run may end early and be extended.
+    common = [*(o for o in REGULARISED if not o.startswith("model.weight_drop")), "optim.schedule=constant", *extra]
+    straight = tmp_path / "straight"
+    train(tiny_config(straight, text_file, *common))
+    resumed = tmp_path / "resumed"
+    train(tiny_config(resumed, text_file, *common, "train.max_steps=9"))
+    train(tiny_config(resumed, text_file, *common, "train.resume=true"))
+    assert train_losses(resumed / "run") == train_losses(straight / "run")
+    assert_same_weights(straight / "run", resumed / "run")
+
+
+@pytest.mark.slow
 def test_run_length_and_logging_may_change_on_resume(tmp_path, text_file):
     # A constant schedule, so the learning rate does not depend on max_steps.
     common = [*REGULARISED, "optim.schedule=constant"]
