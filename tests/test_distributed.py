@@ -58,9 +58,11 @@ def torchrun(nproc: int, overrides: list[str], timeout: int = 120) -> subprocess
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_and_resume_in_one(tmp_path, text_file):
-    train(tiny_config(tmp_path, text_file, *SETTINGS, f"train.out_dir={tmp_path / 'one'}"))
-    train(tiny_config(tmp_path, text_file, *SETTINGS, f"train.out_dir={tmp_path / 'one5'}", "train.max_steps=5"))
+@pytest.mark.parametrize("cell", ["lstm", "mingru"])
+def test_two_gloo_processes_match_one_process_and_resume_in_one(tmp_path, text_file, cell):
+    settings = [*SETTINGS, f"model.cell={cell}"]
+    train(tiny_config(tmp_path, text_file, *settings, f"train.out_dir={tmp_path / 'one'}"))
+    train(tiny_config(tmp_path, text_file, *settings, f"train.out_dir={tmp_path / 'one5'}", "train.max_steps=5"))
 
     # The same global batch (4 streams) as 2 processes x 2 streams, for the first 5 steps.
     overrides = [f"{k}={v}" for k, v in (
@@ -68,7 +70,7 @@ def test_two_gloo_processes_match_one_process_and_resume_in_one(tmp_path, text_f
         ("tokenizer.kind", "char"), ("model.hidden_size", 32), ("model.num_layers", 1), ("optim.lr", 0.01),
         ("optim.warmup_steps", 2), ("train.out_dir", tmp_path / "two"), ("train.batch_size", 4),
         ("train.seq_len", 16), ("train.progress", "false"), ("train.device", "cpu"), ("train.precision", "fp32"))]
-    overrides += [s for s in SETTINGS if not s.startswith("train.max_steps")] + ["train.max_steps=5"]
+    overrides += [s for s in settings if not s.startswith("train.max_steps")] + ["train.max_steps=5"]
     run = torchrun(2, overrides)
     print(run.stdout[-2000:], run.stderr[-3000:])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -90,7 +92,7 @@ def test_two_gloo_processes_match_one_process_and_resume_in_one(tmp_path, text_f
     assert_same_weights(dict(enumerate(ckpt["hidden"][0])), dict(enumerate(at5["hidden"][0])))
 
     # Resume the 2-process run in one process: steps 6..8 as in the uninterrupted run.
-    train(tiny_config(tmp_path, text_file, *SETTINGS, f"train.out_dir={tmp_path / 'two'}", "train.resume=true"))
+    train(tiny_config(tmp_path, text_file, *settings, f"train.out_dir={tmp_path / 'two'}", "train.resume=true"))
     resumed = losses(tmp_path / "two")
     for step in (6, 7, 8):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-5), step
