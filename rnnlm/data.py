@@ -1,6 +1,6 @@
 """Corpus: fetch, read, clean, split, tokenize (cached), and lay out as B parallel streams.
 
-The split rule is the project's contract (../shared/DESIGN.md), reproduced exactly by
+The split rule (docs/design.md, "The War and Peace split") is reproduced exactly by
 :func:`clean_text` and :func:`split_text`: every tool that reports a number on "the test
 split" means the same characters.
 """

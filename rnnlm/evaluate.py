@@ -1,6 +1,6 @@
 """Scoring a model on a token sequence: loss, perplexity, bits per character.
 
-The metrics (../shared/DESIGN.md) mean the same thing everywhere in rnnlm:
+The metrics (docs/design.md, "Metrics") mean the same thing everywhere in rnnlm:
 
     loss        = sum of token NLL / number of scored tokens          (nats per token)
     perplexity  = exp(loss)
