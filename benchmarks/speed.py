@@ -56,7 +56,8 @@ from rnnlm.model import RNNLM  # noqa: E402
 
 # The reference each of our cells is measured against; the benchmark's own mapping.
 TORCH_LAYER = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-# (batch, seq_len, hidden, layers): the shapes of issue 3, and tiny ones for --quick.
+# (batch, seq_len, hidden, layers): a wide layer at a short length and a narrower one at a long
+# length (the speed goals in docs/speed.md), and tiny ones for --quick.
 SHAPES = [(32, 64, 512, 2), (64, 128, 256, 2)]
 QUICK_SHAPES = [(4, 8, 32, 2)]
 GEN_BATCHES = [1, 16]
