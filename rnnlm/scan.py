@@ -49,8 +49,9 @@ class _LinearRecurrence(torch.autograd.Function):
         G[T - 1].copy_(DY[T - 1])
         for t in reversed(range(T - 1)):
             torch.addcmul(DY[t], A[t + 1], G[t + 1], out=G[t])
-        h_prev = torch.cat([h0.unsqueeze(0), y[:-1]])  # h_{t-1} for every t
-        da = g * h_prev
+        da = torch.empty_like(g)  # g_t * h_{t-1}, without concatenating h0 and y
+        torch.mul(G[0], h0, out=da[0])
+        torch.mul(g[1:], y[:-1], out=da[1:])
         dh0 = A[0] * G[0]
         return da, g, dh0
 
@@ -92,12 +93,13 @@ class _MinLSTMCoefficients(torch.autograd.Function):
     def backward(ctx, da: Tensor, db: Tensor):
         f_i, a, h_tilde = ctx.saved_tensors
         H = a.shape[-1]
-        w = 1 - a
         dgates = torch.empty(*a.shape[:-1], 3 * H, dtype=a.dtype, device=a.device)
-        torch.mul(db, w, out=dgates[..., 2 * H:])  # dh~
-        c = torch.addcmul(-da, db, h_tilde).mul_(a).mul_(w)  # dw * a * w
+        torch.addcmul(db, db, a, value=-1, out=dgates[..., 2 * H:])  # dh~ = db * w = db (1 - a)
+        c = torch.mul(db, h_tilde).sub_(da).mul_(a)  # dw * a ...
+        c.addcmul_(c, a, value=-1)  # ... * w
+        c = c.unsqueeze(-2)  # (..., 1, H): the same factor for f and i
         d_f_i = dgates[..., : 2 * H].view(*a.shape[:-1], 2, H)
-        torch.sub(1, f_i.view_as(d_f_i), out=d_f_i).mul_(c.unsqueeze(-2))  # c (1 - f), c (1 - i)
+        torch.addcmul(c, c, f_i.view_as(d_f_i), value=-1, out=d_f_i)  # c (1 - f), c (1 - i)
         d_f_i[..., 0, :].neg_()  # df_pre = -c (1 - f)
         return dgates
 
