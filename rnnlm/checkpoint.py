@@ -14,6 +14,7 @@ would run code is refused without running it. Keys:
     step, epoch, position (the offset of the next batch in every stream),
     tokens_seen, elapsed_seconds, bad_steps_skipped
     best_val_loss    float (inf before the first evaluation)
+    evals_since_best validations in a row without a new best (train.patience; 0 when absent)
     hidden           the carried hidden state of the whole (global) batch: list (layers) of lists of tensors
     rng              torch (and CUDA) generator states (rank 0's under torchrun)
     rng_per_rank     list of every rank's generator states (one entry in a single process)

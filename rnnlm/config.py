@@ -231,6 +231,8 @@ class TrainConfig:
     """Show a tqdm progress bar."""
     max_bad_steps: int = 5
     """Stop after this many optimizer steps in a row with a non-finite loss or gradient."""
+    patience: Optional[int] = None
+    """Stop early after this many validations in a row without a new best validation loss (null: never)."""
     tensorboard: bool = False
     """Also log metrics to out_dir/tensorboard (needs the tensorboard package; else a warning)."""
 
@@ -239,7 +241,7 @@ class TrainConfig:
                      "grad_accum_steps"):
             value = getattr(self, name)
             _check(value > 0, f"train.{name}", f"must be positive, got {value}")
-        for name in ("max_steps", "max_epochs", "max_minutes", "eval_tokens", "num_threads"):
+        for name in ("max_steps", "max_epochs", "max_minutes", "eval_tokens", "num_threads", "patience"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"train.{name}", f"must be positive or null, got {value}")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "train.device",

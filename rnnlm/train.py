@@ -188,6 +188,8 @@ class Trainer:
                 if self._limit_reached():
                     bar.show(s.step, 1.0)
                     break
+                if self._out_of_patience(bar.write):
+                    break
                 if s.position >= self.stream_len - 1:  # end of the streams: a new epoch starts afresh
                     s.epoch, s.position, s.hidden = s.epoch + 1, 0, None
                     continue
@@ -207,8 +209,18 @@ class Trainer:
                 bar.show(s.step, run_progress(s.step, s.epoch_float(self.stream_len),
                                               time.perf_counter() - self.run_start, tc))
                 self._after_step(bar)
-        # The run is over (max_steps, max_epochs or max_minutes): save before evaluating.
+        # The run is over (its limit, or early stopping): save before evaluating.
         self.save_last()
+
+    def _out_of_patience(self, write=print) -> bool:
+        """train.patience validations in a row without a new best (also of a resumed run): say so."""
+        patience, s = self.tc.patience, self.state
+        if not patience or s.evals_since_best < patience:
+            return False
+        if ddp.is_main():
+            write(f"stopping early at step {s.step}: the validation loss has not improved for {patience} "
+                  f"evaluations (train.patience={patience}); best.pt holds the best")
+        return True
 
     def _limit_reached(self) -> bool:
         tc, s = self.tc, self.state
@@ -292,9 +304,11 @@ class Trainer:
             val = self.evaluate("valid", tc.eval_tokens)
             self._log_validation(val, time.perf_counter() - self.run_start, bar.write)
             if val["loss"] < s.best_val_loss:
-                s.best_val_loss = val["loss"]
+                s.best_val_loss, s.evals_since_best = val["loss"], 0
                 s.elapsed = time.perf_counter() - self.run_start
                 self.save(self.out / "best.pt")
+            else:
+                s.evals_since_best += 1
         if s.step % tc.checkpoint_every == 0:
             self.save_last()
         signum = self._signal_received()

@@ -27,6 +27,8 @@ class TrainState:
     """Seconds of training so far, over all resumes."""
     bad_steps_skipped: int = 0
     best_val_loss: float = math.inf
+    evals_since_best: int = 0
+    """Validations in a row without a new best validation loss (train.patience)."""
     hidden: Optional[list] = None
     """The state carried into the next batch (this process's streams), or None for zeros."""
 
@@ -43,6 +45,7 @@ class TrainState:
             "step": self.step, "epoch": self.epoch, "position": self.position,
             "tokens_seen": self.tokens_seen, "elapsed_seconds": self.elapsed,
             "bad_steps_skipped": self.bad_steps_skipped, "best_val_loss": self.best_val_loss,
+            "evals_since_best": self.evals_since_best,
             "hidden": [list(layer) for layer in global_hidden] if global_hidden is not None else None,
             "rng": rngs[0], "rng_per_rank": rngs,
         }
@@ -62,7 +65,7 @@ class TrainState:
         return cls(step=checkpoint["step"], epoch=checkpoint["epoch"], position=checkpoint["position"],
                    tokens_seen=checkpoint["tokens_seen"], elapsed=checkpoint["elapsed_seconds"],
                    bad_steps_skipped=checkpoint["bad_steps_skipped"], best_val_loss=checkpoint["best_val_loss"],
-                   hidden=hidden)
+                   evals_since_best=checkpoint.get("evals_since_best", 0), hidden=hidden)
 
 
 def rng_state(device: torch.device) -> dict:

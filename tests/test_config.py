@@ -136,3 +136,9 @@ def test_check_sampling_names_the_first_bad_setting_and_ignores_other_keys():
     with pytest.raises(RnnlmError) as e:
         check_sampling({"temperature": -1, "top_k": -1})
     assert str(e.value) == "temperature must be >= 0 (0 = greedy), got -1"
+
+
+def test_patience_is_off_by_default_and_must_be_positive_or_null():
+    assert load_config(None).train.patience is None
+    with pytest.raises(RnnlmError, match="train.patience must be positive or null, got 0"):
+        load_config(None, ["train.patience=0"])

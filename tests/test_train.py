@@ -252,3 +252,18 @@ def test_signal_handlers_are_left_alone_outside_the_main_thread():
     thread.start()
     thread.join()
     assert seen == [before]
+
+
+def test_patience_stops_a_run_whose_validation_stops_improving_and_resume_keeps_the_count(tmp_path, text_file,
+                                                                                          capsys):
+    # A learning rate too small to change a float32 weight: validation never improves after the first.
+    common = ["optim.lr=1e-30", "train.eval_every=1", "train.patience=2", "train.max_steps=20"]
+    result = train(tiny_config(tmp_path, text_file, *common))
+    out = capsys.readouterr().out
+    assert result["steps"] == 3 and result["best_step"] == 1
+    assert ("stopping early at step 3: the validation loss has not improved for 2 evaluations "
+            "(train.patience=2); best.pt holds the best") in out
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["step"] == 3 and last["evals_since_best"] == 2
+    resumed = train(tiny_config(tmp_path, text_file, *common, "train.resume=true"))
+    assert resumed["steps"] == 3 and "stopping early at step 3" in capsys.readouterr().out
