@@ -62,7 +62,11 @@ class DataConfig:
     """Where the text comes from and how it is read."""
 
     path: str = "data/war_and_peace.txt"
-    """UTF-8 text file to train on; relative paths are taken from the working directory."""
+    """Text to train on: a file, a folder (its files matching data.glob, in name order) or a glob pattern such as poems/*.txt; relative to the working directory."""
+    glob: str = "**/*.txt"
+    """When data.path is a folder: the pattern of the files to read in it (** reaches into subfolders)."""
+    separator: str = "\n"
+    """Put between the documents of a folder or glob, after each one's final newline (one newline: a blank line)."""
     url: Optional[str] = WAR_AND_PEACE_URL
     """Downloaded to `path` when that file is missing; null never downloads."""
     encoding: str = "utf-8"

@@ -8,6 +8,7 @@ split" means the same characters.
 from __future__ import annotations
 
 import codecs
+import glob
 import hashlib
 import http.client
 import urllib.error
@@ -117,6 +118,34 @@ def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: st
     return text
 
 
+def corpus_files(path, pattern: str = "**/*.txt") -> list[Path]:
+    """The files `data.path` names: a file itself; a folder's files matching `pattern`
+    (recursively with ``**``) in name order; or a glob pattern's matches in name order."""
+    name = str(path)
+    if any(c in name for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(name, recursive=True) if Path(p).is_file())
+        if not files:
+            raise RnnlmError(f"data.path {name!r} matches no files; check the pattern (e.g. 'poems/*.txt') "
+                             "or set data.path to a file or folder")
+        return files
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob(pattern) if p.is_file())
+        if not files:
+            raise RnnlmError(f"folder {path} has no files matching {pattern!r}; put text files in it or set "
+                             "data.glob to the pattern of its files (e.g. '**/*.md')")
+        return files
+    return [path]
+
+
+def read_documents(files: list[Path], separator: str = "\n", encoding: str = "utf-8",
+                   errors: str = "strict") -> str:
+    """The files' texts, each cleaned (clean_text), joined by `separator`; a file that
+    cannot be read is named in a one-line error."""
+    texts = [clean_text(read_text(f, encoding=encoding, errors=errors)) for f in files]
+    return separator.join(t for t in texts if t)
+
+
 # ---------------------------------------------------------------------------------------
 # Cleaning and the 80/10/10 split (the rule in DESIGN.md, exactly)
 
@@ -180,11 +209,14 @@ class Corpus:
     ids: dict[str, torch.Tensor]  # split -> (N,) int64
     chars: dict[str, int]  # split -> characters after cleaning (the denominator of bpc)
     text_hash: str  # sha256 of the cleaned text: identifies the data a model saw
+    source: str = ""  # what was read: the file, or "N files from FOLDER-OR-PATTERN"
 
 
 def load_corpus(
     path,
     *,
+    pattern: str = "**/*.txt",
+    separator: str = "\n",
     url: str | None = None,
     encoding: str = "utf-8",
     errors: str = "strict",
@@ -194,20 +226,23 @@ def load_corpus(
     tokenizer_json: str | None = None,
     progress: bool = True,
 ) -> Corpus:
-    """Read, clean, split and tokenize a text file; download it first if missing and a
-    ``url`` is given.
+    """Read, clean, split and tokenize a text file, a folder's files matching `pattern` or
+    a glob's files (joined by `separator`; see corpus_files); download a single missing
+    file first when a ``url`` is given.
 
     The tokenizer is trained on the train split, unless ``tokenizer_json`` is given (a
     run being resumed or evaluated must use its own tokenizer). Tokenizer and ids are
     cached in ``cache_dir`` under a hash of the cleaned text and the tokenizer settings,
     so a second run skips tokenization; ``cache_dir=None`` turns the cache off.
     """
-    path = Path(path)
-    if not path.exists() and url:
-        download(url, path, progress=progress)
-    text = clean_text(read_text(path, encoding=encoding, errors=errors))
+    files = corpus_files(path, pattern)
+    if len(files) == 1 and not files[0].exists() and url:
+        download(url, files[0], progress=progress)
+    text = read_documents(files, separator, encoding, errors)
     if not text.strip():
-        raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg header/footer; use another file")
+        raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
+                         "header/footer; use another file")
+    source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
     splits = split_text(text)
     chars = {name: len(splits[name]) for name in SPLITS}
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -222,7 +257,7 @@ def load_corpus(
     cached = _load_cache(cache_file) if cache_file is not None else None
     if cached is not None:
         tok, ids = cached
-        return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash)
+        return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source)
 
     if tokenizer_json is not None:
         tok = tokenization.from_json(tokenizer_json)
@@ -236,15 +271,15 @@ def load_corpus(
             # int32 halves the file; any vocabulary fits.
             "ids": {name: t.to(torch.int32) for name, t in ids.items()},
         })
-    return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash)
+    return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source)
 
 
 def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = True) -> Corpus:
     """load_corpus with a run config's `data` and `tokenizer` sections (train, evaluate, tools)."""
     dc, tc = cfg.data, cfg.tokenizer
-    return load_corpus(dc.path, url=dc.url, encoding=dc.encoding, errors=dc.errors,
-                       tokenizer_kind=tc.kind, vocab_size=tc.vocab_size, cache_dir=dc.cache_dir,
-                       tokenizer_json=tokenizer_json, progress=progress)
+    return load_corpus(dc.path, pattern=dc.glob, separator=dc.separator, url=dc.url, encoding=dc.encoding,
+                       errors=dc.errors, tokenizer_kind=tc.kind, vocab_size=tc.vocab_size,
+                       cache_dir=dc.cache_dir, tokenizer_json=tokenizer_json, progress=progress)
 
 
 def _load_cache(file: Path):

@@ -171,6 +171,8 @@ class Trainer:
               f"train {self.corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {self.stream_len:,}"
               + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
               + (f" | resuming at step {self.state.step}" if resuming else ""))
+        print(f"data: {self.corpus.source}, split {self.corpus.chars['train']:,} / {self.corpus.chars['valid']:,} / "
+              f"{self.corpus.chars['test']:,} characters (train / valid / test)")
 
     # --- the loop
 

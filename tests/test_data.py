@@ -12,6 +12,7 @@ import torch
 from rnnlm import data
 from rnnlm import tokenizer as T
 from rnnlm.errors import RnnlmError
+from tests.conftest import small_text
 
 PROSE = "".join(
     f"Line {i} of the story, where Pierre and Natásha talk about the war.\n" + ("\n" if i % 5 == 4 else "")
@@ -325,3 +326,44 @@ def test_too_short_corpus_says_how_many_tokens_are_needed():
         data.check_enough_tokens(100, 4, 32, "valid")
     msg = one_line_error(e)
     assert "valid" in msg and "100" in msg and "132" in msg and "train.batch_size" in msg and "train.seq_len" in msg
+
+
+# --- corpus sources: a file, a folder, a glob -----------------------------------------------
+
+
+def test_a_folder_is_its_text_files_in_name_order_joined_by_a_blank_line(tmp_path):
+    folder = tmp_path / "poems"
+    (folder / "b").mkdir(parents=True)
+    (folder / "z.txt").write_text("last poem\n", encoding="utf-8")
+    (folder / "a.txt").write_text("first poem\r\nline two\n\n", encoding="utf-8")
+    (folder / "b" / "m.txt").write_text("middle poem\n", encoding="utf-8")
+    (folder / "notes.md").write_text("not read\n", encoding="utf-8")
+    files = data.corpus_files(folder)
+    assert files == [folder / "a.txt", folder / "b" / "m.txt", folder / "z.txt"]
+    assert data.read_documents(files) == "first poem\nline two\n\nmiddle poem\n\nlast poem\n"
+    assert data.read_documents(files, separator="") == "first poem\nline two\nmiddle poem\nlast poem\n"
+    assert data.corpus_files(folder, "*.md") == [folder / "notes.md"]
+    assert data.corpus_files(str(folder / "*.txt")) == [folder / "a.txt", folder / "z.txt"]
+    assert data.corpus_files(str(folder / "**" / "*.txt")) == files
+
+
+def test_a_single_file_reads_as_before(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text("one\r\ntwo\n", encoding="utf-8")
+    assert data.corpus_files(path) == [path]
+    assert data.read_documents([path]) == data.clean_text(data.read_text(path))
+
+
+def test_a_folder_trains_and_says_what_it_read(tmp_path, capsys):
+    from rnnlm.train import train
+    from tests.conftest import tiny_config
+
+    folder = tmp_path / "chapters"
+    folder.mkdir()
+    text = small_text()
+    half = len(text) // 2
+    (folder / "01.txt").write_text(text[:half], encoding="utf-8")
+    (folder / "02.txt").write_text(text[half:], encoding="utf-8")
+    result = train(tiny_config(tmp_path, folder, "train.max_steps=3"))
+    assert result["steps"] == 3
+    assert f"data: 2 files from {folder}, split " in capsys.readouterr().out

@@ -52,8 +52,25 @@ def test_unreadable_data_file(tmp_path, text_file, capsys, monkeypatch):
                    "set data.path to another file"
 
 
-def test_data_path_is_a_directory(tmp_path, capsys):
-    assert "is a directory; set data.path to a text file inside it" in train_error(capsys, tmp_path, tmp_path)
+def test_a_folder_or_glob_without_files_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    write(tmp_path / "notes" / "a.md", "some text\n")
+    assert train_error(capsys, tmp_path, tmp_path / "notes") == (
+        f"error: folder {tmp_path / 'notes'} has no files matching '**/*.txt'; put text files in it or set "
+        "data.glob to the pattern of its files (e.g. '**/*.md')")
+    pattern = str(tmp_path / "notes" / "*.rst")
+    assert train_error(capsys, tmp_path, pattern) == (
+        f"error: data.path {pattern!r} matches no files; check the pattern (e.g. 'poems/*.txt') "
+        "or set data.path to a file or folder")
+
+
+def test_a_bad_file_among_many_is_named(tmp_path, capsys):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    write(folder / "a.txt", small_text())
+    bad = write(folder / "b.txt", "caf\xe9\n".encode("latin-1"))
+    line = train_error(capsys, tmp_path, folder)
+    assert line.startswith(f"error: data file {bad} is not valid utf-8: byte 0xe9 at offset 3 (line 1)")
 
 
 @pytest.mark.parametrize("content", ["", " \n\n\t\n"], ids=["empty", "whitespace"])
