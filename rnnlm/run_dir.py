@@ -112,3 +112,4 @@ class MetricsLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+            self.tensorboard = None

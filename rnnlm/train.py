@@ -13,6 +13,7 @@ A run's life is `Trainer.setup()` (run directory, data, model, optimizer, resume
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import signal
 import sys
@@ -55,15 +56,18 @@ def train(cfg: Config) -> dict:
     device = ddp.local_device(resolve_device(tc.device), tc.device)  # torchrun on GPUs: cuda:LOCAL_RANK
     with ddp.process_group(tc.backend, device):  # a no-op without torchrun
         trainer = Trainer(cfg, device)
-        trainer.setup()
         try:
-            trainer.fit()
-        except (RnnlmError, TrainingInterrupted, KeyboardInterrupt):
-            raise
-        except Exception:  # a bug, not bad input: the traceback follows
-            trainer.report_failure()
-            raise
-        return trainer.finish()
+            trainer.setup()
+            try:
+                trainer.fit()
+            except (RnnlmError, TrainingInterrupted, KeyboardInterrupt):
+                raise
+            except Exception:  # a bug, not bad input: the traceback follows
+                trainer.report_failure()
+                raise
+            return trainer.finish()
+        finally:
+            trainer.cleanup()
 
 
 @dataclass
@@ -89,6 +93,7 @@ class Trainer:
         self.run_start = time.perf_counter()
         self.stop_signal: list[int] = []  # SIGINT/SIGTERM received, see stop_on_signals
         self.log: Optional[MetricsLog] = None
+        self.train_model: Optional[torch.nn.Module] = None  # the model as trained: DDP and/or compiled
 
     # --- setup
 
@@ -380,6 +385,15 @@ class Trainer:
         ddp.barrier()  # nobody reads the file before it is complete
 
     # --- the end
+
+    def cleanup(self) -> None:
+        """Release what holds the process group (the DistributedDataParallel wrapper) while
+        the group still exists: destroyed after it, gloo's destructor can wait forever."""
+        self.train_model = None
+        if ddp.is_distributed():
+            gc.collect()  # the wrapper may sit in a reference cycle
+        if self.log is not None:
+            self.log.close()
 
     def report_failure(self) -> None:
         """Say where the progress is when training stopped on a bug (not bad input or a signal)."""
