@@ -82,7 +82,7 @@ def run_trial(config: str, overrides: list[str], out_dir: Path) -> dict:
         result = train(cfg)
     speeds = [r["tokens_per_s"] for r in read_jsonl(out_dir / "metrics.jsonl") if "tokens_per_s" in r]
     return {
-        "val_bpc": result["valid"]["bpc"], "test_bpc": result["test"]["bpc"],
+        "val_bpc": result["valid"]["bpc"], "test_bpc": result["test"]["bpc"] if result["test"] else float("nan"),
         "steps": result["steps"], "tokens": result["tokens"], "minutes": result["minutes"],
         "tokens_per_s": statistics.median_high(speeds) if speeds else float("nan"),
     }

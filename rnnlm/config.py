@@ -67,6 +67,8 @@ class DataConfig:
     """When data.path is a folder: the pattern of the files to read in it (** reaches into subfolders)."""
     separator: str = "\n"
     """Put between the documents of a folder or glob, after each one's final newline (one newline: a blank line)."""
+    split: tuple = (0.8, 0.1, 0.1)
+    """Fractions of the text for train, validation and test, cut at line ends; e.g. [0.9, 0.1, 0] for no test split."""
     url: Optional[str] = WAR_AND_PEACE_URL
     """Downloaded to `path` when that file is missing; null never downloads."""
     encoding: str = "utf-8"
@@ -77,6 +79,13 @@ class DataConfig:
     """Folder for cached tokenizers and token ids, so a second run does not re-tokenize."""
 
     def __post_init__(self):
+        self.split = tuple(self.split)
+        ok = (len(self.split) == 3 and all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 0
+                                           for f in self.split) and abs(sum(self.split) - 1) < 1e-9)
+        _check(ok, "data.split", f"must be three fractions >= 0 (train, valid, test) that sum to 1, "
+                                 f"got {list(self.split)}")
+        _check(self.split[0] > 0 and self.split[1] > 0, "data.split",
+               f"must leave text for training and validation (only test may be 0), got {list(self.split)}")
         _check(self.errors in ("strict", "replace", "ignore"), "data.errors",
                f"must be strict, replace or ignore, got {self.errors!r}")
         try:

@@ -14,6 +14,7 @@ import http.client
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -169,36 +170,35 @@ def clean_text(text: str) -> str:
     return text + "\n" if text else ""
 
 
-def split_text(text: str) -> dict[str, str]:
-    """Split cleaned text 80/10/10 into ``train``, ``valid``, ``test`` at line ends.
+def split_text(text: str, fractions: tuple = (0.8, 0.1, 0.1)) -> dict[str, str]:
+    """Split cleaned text into ``train``, ``valid``, ``test`` at line ends (80/10/10 by default).
 
-    Train ends at the first newline at or after 80% of the characters (the newline is
-    train's), validation at the first newline at or after 90%, test is the rest. When
-    there is no such newline that leaves the later splits non-empty (a text of one or a
-    few lines), the cut falls at that character position instead.
+    Train ends at the first newline at or after `fractions[0]` of the characters (the
+    newline is train's), validation at the first newline at or after the first two
+    fractions, test is the rest (empty when its fraction is 0). When there is no such
+    newline that leaves the later splits non-empty (a text of one or a few lines), the
+    cut falls at that character position instead. The fractions are taken as the
+    decimals they are written as (0.8 is 4/5 exactly), so the cuts are exact.
     """
+    train, valid, test = (Fraction(str(f)) for f in fractions)
     n = len(text)
-    if n < 3:
-        raise RnnlmError(
-            f"the text has {n} character(s) after cleaning, too few for train, validation and test splits; use a longer text"
-        )
-    train_end = _cut(text, 8, lo=1, hi=n - 2)
-    valid_end = _cut(text, 9, lo=train_end + 1, hi=n - 1)
+    parts = 3 if test else 2
+    if n < parts:
+        raise RnnlmError(f"the text has {n} character(s) after cleaning, too few for train, validation"
+                         + (" and test splits" if test else " splits") + "; use a longer text")
+    train_end = _cut(text, train, lo=1, hi=n - parts + 1)
+    valid_end = _cut(text, train + valid, lo=train_end + 1, hi=n - 1) if test else n
     return {"train": text[:train_end], "valid": text[train_end:valid_end], "test": text[valid_end:]}
 
 
-def _cut(text: str, tenths: int, lo: int, hi: int) -> int:
-    """End (exclusive) of a split: after the first newline at or after tenths/10 of the
+def _cut(text: str, fraction: Fraction, lo: int, hi: int) -> int:
+    """End (exclusive) of a split: after the first newline at or after `fraction` of the
     text, if that end lies in [lo, hi]; else the character position itself, clamped."""
-    at = -(-len(text) * tenths // 10)  # ceil, in exact integer arithmetic
+    at = -(-len(text) * fraction.numerator // fraction.denominator)  # ceil, in exact integer arithmetic
     nl = text.find("\n", max(at, lo - 1))
     if nl != -1 and lo <= nl + 1 <= hi:
         return nl + 1
     return min(max(at, lo), hi)
-
-
-# ---------------------------------------------------------------------------------------
-# Tokenized, cached corpus
 
 
 @dataclass
@@ -217,6 +217,7 @@ def load_corpus(
     *,
     pattern: str = "**/*.txt",
     separator: str = "\n",
+    split: tuple = (0.8, 0.1, 0.1),
     url: str | None = None,
     encoding: str = "utf-8",
     errors: str = "strict",
@@ -243,7 +244,7 @@ def load_corpus(
         raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
                          "header/footer; use another file")
     source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
-    splits = split_text(text)
+    splits = split_text(text, split)
     chars = {name: len(splits[name]) for name in SPLITS}
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -251,6 +252,8 @@ def load_corpus(
         settings = ["given", tokenizer_json]  # kind and vocab_size play no part then
     else:
         settings = [tokenizer_kind, str(vocab_size if tokenizer_kind != "char" else 0)]
+    if tuple(split) != (0.8, 0.1, 0.1):  # the default keys as it always has
+        settings.append(repr(tuple(float(f) for f in split)))
     key = hashlib.sha256("\0".join([f"v{_CACHE_FORMAT}", text_hash, *settings]).encode("utf-8")).hexdigest()[:24]
     cache_file = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
 
@@ -277,8 +280,8 @@ def load_corpus(
 def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = True) -> Corpus:
     """load_corpus with a run config's `data` and `tokenizer` sections (train, evaluate, tools)."""
     dc, tc = cfg.data, cfg.tokenizer
-    return load_corpus(dc.path, pattern=dc.glob, separator=dc.separator, url=dc.url, encoding=dc.encoding,
-                       errors=dc.errors, tokenizer_kind=tc.kind, vocab_size=tc.vocab_size,
+    return load_corpus(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split, url=dc.url,
+                       encoding=dc.encoding, errors=dc.errors, tokenizer_kind=tc.kind, vocab_size=tc.vocab_size,
                        cache_dir=dc.cache_dir, tokenizer_json=tokenizer_json, progress=progress)
 
 

@@ -294,4 +294,7 @@ def checkpoint_corpus(lm):
 def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
     """Metrics of a loaded model on one split of the corpus it was trained on."""
     corpus = checkpoint_corpus(lm)
+    if not corpus.chars[split]:
+        raise RnnlmError(f"this model's text has no {split} split (data.split is {list(lm.config.data.split)}); "
+                         "use --split valid, or --text FILE")
     return score_ids(lm, corpus.ids[split], corpus.chars[split], batch_size=batch_size, seq_len=seq_len, **dynamic)

@@ -13,7 +13,7 @@ from typing import Optional
 
 from rnnlm import distributed as ddp
 from rnnlm.checkpoint import load_checkpoint
-from rnnlm.config import Config, config_to_dict
+from rnnlm.config import Config, config_from_dict, config_to_dict
 from rnnlm.errors import RnnlmError
 from rnnlm.files import append_jsonl, read_jsonl, remove_temporaries, write_text_atomic
 from rnnlm.plots import log_to_tensorboard, open_tensorboard
@@ -21,7 +21,7 @@ from rnnlm.plots import log_to_tensorboard, open_tensorboard
 # Settings whose change makes a checkpoint's weights or data position meaningless. The
 # data itself is checked by the hash of its text (so a moved file may still resume);
 # run length, logging, evaluation, checkpointing and optimizer settings may change.
-RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size")
+RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size", "data.split")
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "tokenizer.json")
 
 
@@ -56,7 +56,8 @@ def _checkpoint_to_resume(cfg: Config, out: Path) -> dict:
     if not last.exists():
         raise RnnlmError(f"cannot resume: {last} not found; start a new run without --resume")
     checkpoint = load_checkpoint(last)
-    diffs = config_differences(checkpoint["config"], config_to_dict(cfg))
+    # The saved config read back with today's defaults, so a key added since is not a difference.
+    diffs = config_differences(config_to_dict(config_from_dict(checkpoint["config"])), config_to_dict(cfg))
     if diffs:
         raise RnnlmError(f"cannot resume {last}: settings differ from the checkpoint's: " + "; ".join(diffs)
                          + "; undo these changes, or start a new run with another train.out_dir or --overwrite")

@@ -415,12 +415,13 @@ class Trainer:
             plot_run_quietly(out)
         best = load_checkpoint(out / "best.pt", map_location=self.device)
         self.eval_model.load_state_dict(best["model"])
-        test = self.evaluate("test")
+        test = self.evaluate("test") if self.corpus.chars["test"] else None  # data.split may leave none
         minutes = (time.perf_counter() - self.run_start) / 60
         if ddp.is_main():
             print(f"trained {s.step} steps, {s.tokens_seen:,} tokens in {minutes:.1f} min"
                   + (f" ({s.bad_steps_skipped} non-finite steps skipped)" if s.bad_steps_skipped else ""))
-            print(f"best checkpoint {out / 'best.pt'} (step {best['step']}): " + format_metrics("test", test))
+            print(f"best checkpoint {out / 'best.pt'} (step {best['step']}): "
+                  + (format_metrics("test", test) if test else "no test split (data.split gives it 0)"))
         return {"valid": val, "test": test, "steps": s.step, "tokens": s.tokens_seen, "minutes": minutes,
                 "best_step": best["step"], "out_dir": str(out)}
 

@@ -142,3 +142,16 @@ def test_patience_is_off_by_default_and_must_be_positive_or_null():
     assert load_config(None).train.patience is None
     with pytest.raises(RnnlmError, match="train.patience must be positive or null, got 0"):
         load_config(None, ["train.patience=0"])
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("[0.8, 0.1]", "must be three fractions >= 0 (train, valid, test) that sum to 1, got [0.8, 0.1]"),
+    ("[0.8, 0.1, 0.2]", "must be three fractions >= 0 (train, valid, test) that sum to 1, got [0.8, 0.1, 0.2]"),
+    ("[1.1, 0.1, -0.2]", "must be three fractions >= 0 (train, valid, test) that sum to 1, got [1.1, 0.1, -0.2]"),
+    ("[0, 0.5, 0.5]", "must leave text for training and validation (only test may be 0), got [0, 0.5, 0.5]"),
+    ("[0.9, 0, 0.1]", "must leave text for training and validation (only test may be 0), got [0.9, 0, 0.1]"),
+])
+def test_bad_split_fractions_are_one_line(value, problem):
+    with pytest.raises(RnnlmError) as e:
+        load_config(None, [f"data.split={value}"])
+    assert str(e.value) == f"config: data.split {problem}"

@@ -12,7 +12,7 @@ import torch
 from rnnlm import data
 from rnnlm import tokenizer as T
 from rnnlm.errors import RnnlmError
-from tests.conftest import small_text
+from tests.conftest import cli_line, small_text
 
 PROSE = "".join(
     f"Line {i} of the story, where Pierre and Natásha talk about the war.\n" + ("\n" if i % 5 == 4 else "")
@@ -367,3 +367,32 @@ def test_a_folder_trains_and_says_what_it_read(tmp_path, capsys):
     result = train(tiny_config(tmp_path, folder, "train.max_steps=3"))
     assert result["steps"] == 3
     assert f"data: 2 files from {folder}, split " in capsys.readouterr().out
+
+
+# --- split fractions ---------------------------------------------------------------------
+
+
+def test_split_fractions_cut_at_line_ends_and_may_leave_no_test():
+    text = "".join(f"line {i:02d}\n" for i in range(20))  # 20 lines of 8 characters
+    assert data.split_text(text) == data.split_text(text, (0.8, 0.1, 0.1))
+    # Each cut is after the first newline at or after its fraction: 50% is character 80,
+    # the start of line 10, whose newline ends train at 88; 75% (120) ends valid at 128.
+    parts = data.split_text(text, (0.5, 0.25, 0.25))
+    assert [len(parts[k]) for k in ("train", "valid", "test")] == [88, 40, 32]
+    parts = data.split_text(text, (0.9, 0.1, 0))
+    assert [len(parts[k]) for k in ("train", "valid", "test")] == [152, 8, 0]
+    assert "".join(parts.values()) == text
+
+
+def test_a_run_without_a_test_split_trains_and_evaluate_says_there_is_none(tmp_path, text_file, capsys):
+    from rnnlm.cli import main
+    from rnnlm.train import train
+    from tests.conftest import tiny_config
+
+    result = train(tiny_config(tmp_path, text_file, "data.split=[0.9, 0.1, 0]", "train.max_steps=3"))
+    assert result["test"] is None and result["steps"] == 3
+    assert "no test split (data.split gives it 0)" in capsys.readouterr().out
+    line = cli_line(capsys, ["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test"])
+    assert line == ("error: this model's text has no test split (data.split is [0.9, 0.1, 0]); "
+                    "use --split valid, or --text FILE")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "valid"]) == 0
