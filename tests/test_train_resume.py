@@ -147,6 +147,12 @@ def test_resume_with_another_architecture_or_tokenizer_is_refused_listing_the_di
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5  # untouched
 
 
+def test_resume_with_other_split_fractions_is_refused(tmp_path, text_file):
+    train(tiny_config(tmp_path, text_file, "train.max_steps=5"))
+    with pytest.raises(RnnlmError, match=r"data.split: \[0.8, 0.1, 0.1\] -> \[0.9, 0.1, 0\]; undo"):
+        train(tiny_config(tmp_path, text_file, "train.max_steps=10", "train.resume=true", "data.split=[0.9, 0.1, 0]"))
+
+
 def test_resume_on_another_text_is_refused(tmp_path, text_file):
     train(tiny_config(tmp_path, text_file, "train.max_steps=5"))
     text_file.write_text(text_file.read_text().replace("Napoleon", "Bonaparte"))
