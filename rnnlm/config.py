@@ -20,6 +20,7 @@ import yaml
 
 from rnnlm.errors import RnnlmError
 
+WAR_AND_PEACE_PATH = "data/war_and_peace.txt"
 WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
 CELL_KINDS = ("rnn", "gru", "lstm", "mingru", "minlstm")
 # The cells without hidden-to-hidden weights (cells.py checks that its classes agree).
@@ -61,7 +62,7 @@ def _check(ok: bool, key: str, message: str) -> None:
 class DataConfig:
     """Where the text comes from and how it is read."""
 
-    path: str = "data/war_and_peace.txt"
+    path: str = WAR_AND_PEACE_PATH
     """Text to train on: a file, a folder (its files matching data.glob, in name order) or a glob pattern such as poems/*.txt; relative to the working directory."""
     glob: str = "**/*.txt"
     """When data.path is a folder: the pattern of the files to read in it (** reaches into subfolders)."""
@@ -69,6 +70,10 @@ class DataConfig:
     """Put between the documents of a folder or glob, after each one's final newline (one newline: a blank line)."""
     split: tuple = (0.8, 0.1, 0.1)
     """Fractions of the text for train, validation and test, cut at line ends; e.g. [0.9, 0.1, 0] for no test split."""
+    valid_path: Optional[str] = None
+    """A pre-split dataset's validation text (file, folder or glob): data.path is then the training text as it is, not split."""
+    test_path: Optional[str] = None
+    """A pre-split dataset's test text, with data.valid_path (null: no test split)."""
     url: Optional[str] = WAR_AND_PEACE_URL
     """Downloaded to `path` when that file is missing; null never downloads."""
     encoding: str = "utf-8"
@@ -86,6 +91,10 @@ class DataConfig:
                                  f"got {list(self.split)}")
         _check(self.split[0] > 0 and self.split[1] > 0, "data.split",
                f"must leave text for training and validation (only test may be 0), got {list(self.split)}")
+        _check(self.test_path is None or self.valid_path is not None, "data.test_path",
+               "needs data.valid_path too (a pre-split dataset names its validation text)")
+        _check(self.valid_path is None or self.path != WAR_AND_PEACE_PATH, "data.valid_path",
+               "needs data.path set to the training text of the same dataset")
         _check(self.errors in ("strict", "replace", "ignore"), "data.errors",
                f"must be strict, replace or ignore, got {self.errors!r}")
         try:

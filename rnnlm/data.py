@@ -8,6 +8,7 @@ split" means the same characters.
 from __future__ import annotations
 
 import codecs
+import functools
 import glob
 import hashlib
 import http.client
@@ -139,6 +140,17 @@ def corpus_files(path, pattern: str = "**/*.txt") -> list[Path]:
     return [path]
 
 
+def pre_split_layout(path, valid_path, test_path) -> tuple:
+    """(valid_path, test_path, train path) of a pre-split dataset: as given, or, for a
+    folder holding train.txt and valid.txt (and maybe test.txt; the PyTorch example's
+    layout), those files; (None, None, path) for a text to split."""
+    folder = Path(path)
+    if valid_path is None and folder.is_dir() and (folder / "train.txt").is_file() and (folder / "valid.txt").is_file():
+        test = folder / "test.txt"
+        return folder / "valid.txt", test if test.is_file() else None, folder / "train.txt"
+    return valid_path, test_path, path
+
+
 def read_documents(files: list[Path], separator: str = "\n", encoding: str = "utf-8",
                    errors: str = "strict") -> str:
     """The files' texts, each cleaned (clean_text), joined by `separator`; a file that
@@ -218,6 +230,8 @@ def load_corpus(
     pattern: str = "**/*.txt",
     separator: str = "\n",
     split: tuple = (0.8, 0.1, 0.1),
+    valid_path=None,
+    test_path=None,
     url: str | None = None,
     encoding: str = "utf-8",
     errors: str = "strict",
@@ -229,22 +243,32 @@ def load_corpus(
 ) -> Corpus:
     """Read, clean, split and tokenize a text file, a folder's files matching `pattern` or
     a glob's files (joined by `separator`; see corpus_files); download a single missing
-    file first when a ``url`` is given.
+    file first when a ``url`` is given. A pre-split dataset (``valid_path``, or a folder
+    of train.txt / valid.txt / test.txt: see pre_split_layout) is read as it is split.
 
     The tokenizer is trained on the train split, unless ``tokenizer_json`` is given (a
     run being resumed or evaluated must use its own tokenizer). Tokenizer and ids are
     cached in ``cache_dir`` under a hash of the cleaned text and the tokenizer settings,
     so a second run skips tokenization; ``cache_dir=None`` turns the cache off.
     """
-    files = corpus_files(path, pattern)
-    if len(files) == 1 and not files[0].exists() and url:
-        download(url, files[0], progress=progress)
-    text = read_documents(files, separator, encoding, errors)
-    if not text.strip():
+    read = functools.partial(read_documents, separator=separator, encoding=encoding, errors=errors)
+    valid_path, test_path, path = pre_split_layout(path, valid_path, test_path)
+    if valid_path is not None:
+        splits = {"train": read(corpus_files(path, pattern)), "valid": read(corpus_files(valid_path, pattern)),
+                  "test": read(corpus_files(test_path, pattern)) if test_path is not None else ""}
+        source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
+        text = "\0".join(splits[name] for name in SPLITS)  # what the hash identifies
+    else:
+        files = corpus_files(path, pattern)
+        if len(files) == 1 and not files[0].exists() and url:
+            download(url, files[0], progress=progress)
+        text = read(files)
+        source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
+    if not text.strip("\0").strip():
         raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
                          "header/footer; use another file")
-    source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
-    splits = split_text(text, split)
+    if valid_path is None:
+        splits = split_text(text, split)
     chars = {name: len(splits[name]) for name in SPLITS}
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -280,8 +304,8 @@ def load_corpus(
 def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = True) -> Corpus:
     """load_corpus with a run config's `data` and `tokenizer` sections (train, evaluate, tools)."""
     dc, tc = cfg.data, cfg.tokenizer
-    return load_corpus(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split, url=dc.url,
-                       encoding=dc.encoding, errors=dc.errors, tokenizer_kind=tc.kind, vocab_size=tc.vocab_size,
+    return load_corpus(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split, valid_path=dc.valid_path,
+                       test_path=dc.test_path, url=dc.url, encoding=dc.encoding, errors=dc.errors, tokenizer_kind=tc.kind, vocab_size=tc.vocab_size,
                        cache_dir=dc.cache_dir, tokenizer_json=tokenizer_json, progress=progress)
 
 

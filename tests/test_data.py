@@ -396,3 +396,57 @@ def test_a_run_without_a_test_split_trains_and_evaluate_says_there_is_none(tmp_p
     assert line == ("error: this model's text has no test split (data.split is [0.9, 0.1, 0]); "
                     "use --split valid, or --text FILE")
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "valid"]) == 0
+
+
+# --- pre-split datasets ------------------------------------------------------------------
+
+
+def write_pre_split(folder: Path, test: bool = True) -> Path:
+    """train.txt / valid.txt (/ test.txt) of small_text(), as WikiText-2 and the PyTorch example lay them out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = small_text().splitlines(keepends=True)
+    (folder / "train.txt").write_text("".join(lines[:30]), encoding="utf-8")
+    (folder / "valid.txt").write_text("".join(lines[30:35]), encoding="utf-8")
+    if test:
+        (folder / "test.txt").write_text("".join(lines[35:]), encoding="utf-8")
+    return folder
+
+
+def test_a_pre_split_folder_is_read_as_it_is_split(tmp_path):
+    folder = write_pre_split(tmp_path / "wiki")
+    corpus = data.load_corpus(folder, tokenizer_kind="char", cache_dir=None)
+    assert corpus.source == f"pre-split: train {folder / 'train.txt'}, valid {folder / 'valid.txt'}, " \
+                            f"test {folder / 'test.txt'}"
+    for name in ("train", "valid", "test"):
+        assert corpus.chars[name] == len((folder / f"{name}.txt").read_text(encoding="utf-8"))
+    named = data.load_corpus(folder / "train.txt", valid_path=folder / "valid.txt", tokenizer_kind="char",
+                             cache_dir=None)
+    assert named.chars["valid"] == corpus.chars["valid"] and named.chars["test"] == 0
+    assert named.text_hash != corpus.text_hash
+
+
+def test_a_pre_split_folder_trains_evaluates_and_resumes(tmp_path, capsys):
+    from rnnlm.cli import main
+    from rnnlm.train import train
+    from tests.conftest import tiny_config
+
+    folder = write_pre_split(tmp_path / "wiki")
+    train(tiny_config(tmp_path, folder, "train.max_steps=3", "train.checkpoint_every=3"))
+    assert f"data: pre-split: train {folder / 'train.txt'}" in capsys.readouterr().out
+    result = train(tiny_config(tmp_path, folder, "train.max_steps=5", "train.resume=true"))
+    assert result["steps"] == 5 and result["test"]["chars"] > 0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test"]) == 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.test_path=t.txt"], "config: data.test_path needs data.valid_path too (a pre-split dataset names its "
+                               "validation text)"),
+    (["data.valid_path=v.txt"], "config: data.valid_path needs data.path set to the training text of the same "
+                                "dataset"),
+])
+def test_pre_split_settings_that_do_not_fit_are_one_line(overrides, message):
+    from rnnlm.config import load_config
+
+    with pytest.raises(RnnlmError) as e:
+        load_config(None, overrides)
+    assert str(e.value) == message
