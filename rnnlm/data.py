@@ -376,6 +376,14 @@ def get_batch(data: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor, t
     return x, y
 
 
+def check_scorable(n_tokens: int, split: str) -> None:
+    """Refuse a validation or test split too short to score: its first token is context only."""
+    if n_tokens < 2:
+        raise RnnlmError(f"the {split} split has {n_tokens} token(s), too few to score (the first token is "
+                         "context): use a longer text, other data.split fractions, or a longer "
+                         f"{'validation' if split == 'valid' else 'test'} file")
+
+
 def check_enough_tokens(n_tokens: int, batch_size: int, seq_len: int, split: str) -> None:
     """Refuse a split too short to give even one (batch_size, seq_len) batch plus targets."""
     need = batch_size * (seq_len + 1)

@@ -31,7 +31,7 @@ from rnnlm import fused
 from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
 from rnnlm.config import Config, config_to_dict, dump_config
-from rnnlm.data import Corpus, batchify, check_enough_tokens, corpus_from_config, get_batch
+from rnnlm.data import Corpus, batchify, check_enough_tokens, check_scorable, corpus_from_config, get_batch
 from rnnlm.device import autocast_context, choose_precision, resolve_device
 from rnnlm.errors import RnnlmError, TrainingInterrupted
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
@@ -141,6 +141,9 @@ class Trainer:
                              "point data.path at that text")
         self.vocab_size = self.corpus.tokenizer.get_vocab_size()
         check_enough_tokens(self.corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
+        check_scorable(self.corpus.ids["valid"].numel(), "valid")
+        if self.corpus.chars["test"]:  # data.split may leave no test split at all
+            check_scorable(self.corpus.ids["test"].numel(), "test")
         train_data = batchify(self.corpus.ids["train"], tc.batch_size)  # (B, N)
         self.train_data = ddp.shard_rows(train_data).to(self.device)  # distributed: this rank's B/world streams
         self.stream_len = self.train_data.size(1)

@@ -450,3 +450,11 @@ def test_pre_split_settings_that_do_not_fit_are_one_line(overrides, message):
     with pytest.raises(RnnlmError) as e:
         load_config(None, overrides)
     assert str(e.value) == message
+
+
+def test_a_split_too_short_to_score_is_one_line():
+    data.check_scorable(2, "valid")
+    with pytest.raises(RnnlmError) as e:
+        data.check_scorable(1, "valid")
+    assert str(e.value) == ("the valid split has 1 token(s), too few to score (the first token is context): use a "
+                            "longer text, other data.split fractions, or a longer validation file")
