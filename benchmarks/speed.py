@@ -47,7 +47,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.timing import adamw, interleaved, lm_train_step_fn  # noqa: E402
+from benchmarks.timing import adamw, at_precision, interleaved, lm_train_step_fn  # noqa: E402
 from rnnlm import fused  # noqa: E402
 from rnnlm.cells import CELLS, RecurrentLayer  # noqa: E402
 from rnnlm.config import load_config  # noqa: E402
@@ -241,18 +241,6 @@ def equal_parameter_width(cell: str, gated: str, hidden_size: int, num_layers: i
     return min(widths, key=lambda w: abs(count_parameters(OurStack(cell, w, num_layers, hidden_size)) - target))
 
 
-def autocast_step(step: Callable[[], None], dtype: torch.dtype | None) -> Callable[[], None]:
-    """`step` under CPU autocast to `dtype` (None: as it is)."""
-    if dtype is None:
-        return step
-
-    def run():
-        with torch.autocast("cpu", dtype=dtype):
-            step()
-
-    return run
-
-
 def bench_min_train(cells, shapes, precisions, rounds, reps) -> list[Row]:
     """Training rows of the minimal cells: each at the gated cell's width and at equal
     parameter count, against our gated cell and torch's, at each precision (all of a
@@ -266,8 +254,8 @@ def bench_min_train(cells, shapes, precisions, rounds, reps) -> list[Row]:
             x = torch.randn(T, B, H, requires_grad=True)
             stacks = {f"ours {cell}": OurStack(cell, H, L), f"ours {cell} H={wide}": OurStack(cell, wide, L, H),
                       f"ours {gated}": OurStack(gated, H, L), torch_name(gated): TorchStack(gated, H, L)}
-            contenders = {(name, p): autocast_step(train_step_fn(stack, x), dtype)
-                          for p, dtype in precisions.items() for name, stack in stacks.items()}
+            contenders = {(name, p): at_precision(train_step_fn(stack, x), p)
+                          for p in precisions for name, stack in stacks.items()}
             secs = interleaved(contenders, rounds, reps)
             for (name, p), sec in secs.items():
                 stack = stacks[name]
@@ -342,9 +330,9 @@ def bench_lm_train(cfg, ours: RNNLM, ref: TorchLM, rounds: int, reps: int, peak_
     ours.train(), ref.train()
     contenders = {"ours": lm_train_step_fn(ours, idx, target, clip),
                   name: lm_train_step_fn(ref, idx, target, clip), "peak": peak_fn}
-    low = {p: dtype for p, dtype in precisions().items() if dtype is not None}
-    for p, dtype in low.items():  # the same model under autocast, as train.precision=auto runs it here
-        contenders[f"ours {p}"] = autocast_step(lm_train_step_fn(copy.deepcopy(ours), idx, target, clip), dtype)
+    low = [p for p in precisions() if p != "fp32"]
+    for p in low:  # the same model under autocast, as train.precision=auto runs it here
+        contenders[f"ours {p}"] = at_precision(lm_train_step_fn(copy.deepcopy(ours), idx, target, clip), p)
     secs = interleaved(contenders, rounds, reps)
     peak = peak_flops / secs["peak"]
     rows = [Row("lm train", f"ours {m.cell} LM", shape, B * T / secs["ours"], flops,
@@ -444,9 +432,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def precisions() -> dict[str, torch.dtype | None]:
-    """fp32, and bf16 autocast where the CPU multiplies bf16 natively (AMX or AVX-512 BF16)."""
-    return {"fp32": None, **({"bf16": torch.bfloat16} if native_cpu_bf16() else {})}
+def precisions() -> list[str]:
+    """fp32, and bf16 where the CPU multiplies bf16 natively (AMX or AVX-512 BF16)."""
+    return ["fp32"] + (["bf16"] if native_cpu_bf16() else [])
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Row], float, int, bool]:

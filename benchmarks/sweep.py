@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
-from benchmarks.timing import interleaved, lm_train_step_fn  # noqa: E402
+from benchmarks.timing import at_precision, interleaved, lm_train_step_fn  # noqa: E402
 from rnnlm.config import load_config  # noqa: E402
 from rnnlm.errors import RnnlmError  # noqa: E402
 from rnnlm.files import read_jsonl  # noqa: E402
@@ -47,7 +47,7 @@ def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7,
     The vocabulary size is tokenizer.vocab_size (the text is not read)."""
     import torch
 
-    from rnnlm.device import autocast_context, choose_precision
+    from rnnlm.device import choose_precision
     from rnnlm.model import RNNLM
 
     steps = {}
@@ -60,18 +60,9 @@ def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7,
                                 cfg.optim.clip_grad_norm or float("inf"))
         # At the trial's train.precision, as the trainer would run it on this CPU.
         precision, _ = choose_precision(torch.device("cpu"), cfg.train.precision)
-        steps[i] = autocast_step(step, autocast_context(torch.device("cpu"), precision))
+        steps[i] = at_precision(step, precision)
     secs = interleaved(steps, rounds, reps)
     return [secs[i] for i in range(len(trial_overrides))]
-
-
-def autocast_step(step, autocast):
-    """`step` inside a fresh context of the factory `autocast` (e.g. device.autocast_context's)."""
-    def run():
-        with autocast():
-            step()
-
-    return run
 
 
 def run_trial(config: str, overrides: list[str], out_dir: Path) -> dict:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rnnlm.config import OptimConfig
+from rnnlm.device import autocast_context
 from rnnlm.model import lm_loss
 from rnnlm.optim import build_optimizer
 
@@ -55,3 +56,18 @@ def lm_train_step_fn(model: nn.Module, idx: torch.Tensor, target: torch.Tensor, 
         opt.step()
 
     return step
+
+
+def at_precision(step: Callable[[], None], precision: str) -> Callable[[], None]:
+    """`step` under the CPU autocast of `precision` (rnnlm.device.autocast_context), as the
+    trainer would run it; fp32: `step` itself."""
+    if precision == "fp32":
+        return step
+    autocast = autocast_context(torch.device("cpu"), precision)
+
+    def run():
+        with autocast():
+            step()
+
+    return run
+

@@ -224,6 +224,30 @@ class Corpus:
     source: str = ""  # what was read: the file, or "N files from FOLDER-OR-PATTERN"
 
 
+def read_splits(path, *, pattern: str, separator: str, split: tuple, valid_path, test_path, url: str | None,
+                encoding: str, errors: str, progress: bool) -> tuple[dict[str, str], str, str]:
+    """(train/valid/test texts, what was read, the text that identifies the data) of a
+    text to split, or of a pre-split dataset (see pre_split_layout), read as it is."""
+    read = functools.partial(read_documents, separator=separator, encoding=encoding, errors=errors)
+    valid_path, test_path, path = pre_split_layout(path, valid_path, test_path)
+    if valid_path is not None:
+        splits = {"train": read(corpus_files(path, pattern)), "valid": read(corpus_files(valid_path, pattern)),
+                  "test": read(corpus_files(test_path, pattern)) if test_path is not None else ""}
+        source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
+        text = "\0".join(splits[name] for name in SPLITS)
+    else:
+        files = corpus_files(path, pattern)
+        if len(files) == 1 and not files[0].exists() and url:
+            download(url, files[0], progress=progress)
+        text = read(files)
+        source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
+        splits = split_text(text, split) if text.strip() else {}
+    if not any(t.strip() for t in splits.values()):
+        raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
+                         "header/footer; use another file")
+    return splits, source, text
+
+
 def load_corpus(
     path,
     *,
@@ -251,24 +275,9 @@ def load_corpus(
     cached in ``cache_dir`` under a hash of the cleaned text and the tokenizer settings,
     so a second run skips tokenization; ``cache_dir=None`` turns the cache off.
     """
-    read = functools.partial(read_documents, separator=separator, encoding=encoding, errors=errors)
-    valid_path, test_path, path = pre_split_layout(path, valid_path, test_path)
-    if valid_path is not None:
-        splits = {"train": read(corpus_files(path, pattern)), "valid": read(corpus_files(valid_path, pattern)),
-                  "test": read(corpus_files(test_path, pattern)) if test_path is not None else ""}
-        source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
-        text = "\0".join(splits[name] for name in SPLITS)  # what the hash identifies
-    else:
-        files = corpus_files(path, pattern)
-        if len(files) == 1 and not files[0].exists() and url:
-            download(url, files[0], progress=progress)
-        text = read(files)
-        source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
-    if not text.strip("\0").strip():
-        raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
-                         "header/footer; use another file")
-    if valid_path is None:
-        splits = split_text(text, split)
+    splits, source, text = read_splits(path, pattern=pattern, separator=separator, split=split, valid_path=valid_path,
+                                       test_path=test_path, url=url, encoding=encoding, errors=errors,
+                                       progress=progress)
     chars = {name: len(splits[name]) for name in SPLITS}
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
 

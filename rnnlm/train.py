@@ -175,7 +175,8 @@ class Trainer:
         write_text_atomic(self.out / "config.yaml", dump_config(self.cfg))
         write_text_atomic(self.out / "tokenizer.json", tokenization.to_json(self.corpus.tokenizer))
         print(dump_config(self.cfg).rstrip())
-        print(f"device {self.device} | precision {self.precision} ({self.precision_reason}) | vocab {self.vocab_size} | {count_parameters(self.model):,} parameters | "
+        print(f"device {self.device} | precision {self.precision} ({self.precision_reason}) | "
+              f"vocab {self.vocab_size} | {count_parameters(self.model):,} parameters | "
               f"train {self.corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {self.stream_len:,}"
               + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
               + (f" | resuming at step {self.state.step}" if resuming else ""))
@@ -198,6 +199,7 @@ class Trainer:
                 if self._limit_reached():
                     bar.show(s.step, 1.0)
                     break
+                bar.show(s.step, progress)
                 if self._out_of_patience(bar.write):
                     break
                 if s.position >= self.stream_len - 1:  # end of the streams: a new epoch starts afresh
@@ -216,8 +218,6 @@ class Trainer:
                 window.add(outcome.loss.item(), x.numel() * ddp.world_size())
                 if s.step % tc.log_every == 0:
                     self._log_training(window, lr, outcome.grad_norm, bar)
-                bar.show(s.step, run_progress(s.step, s.epoch_float(self.stream_len),
-                                              time.perf_counter() - self.run_start, tc))
                 self._after_step(bar)
         # The run is over (its limit, or early stopping): save before evaluating.
         self.save_last()
@@ -413,7 +413,6 @@ class Trainer:
             s.best_val_loss = val["loss"]
             self.save(out / "best.pt")
             self.save(out / "last.pt")  # again, so a resumed run knows the best loss so far
-        self.log.close()
         if ddp.is_main():
             plot_run_quietly(out)
         best = load_checkpoint(out / "best.pt", map_location=self.device)
