@@ -14,7 +14,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -26,6 +26,8 @@ CELL_KINDS = ("rnn", "gru", "lstm", "mingru", "minlstm")
 # The cells without hidden-to-hidden weights (cells.py checks that its classes agree).
 MINIMAL_CELLS = ("mingru", "minlstm")
 TOKENIZER_KINDS = ("bpe", "word", "char")
+# A value that keys such as tokenizer.vocab_size take to be sized to the training text (sizing.py).
+AUTO = "auto"
 
 
 # What each sampling setting must be: one rule for the config's sample section, the
@@ -110,12 +112,14 @@ class TokenizerConfig:
 
     kind: str = "bpe"
     """bpe (byte-level, lossless) | word (word-level with <unk>) | char."""
-    vocab_size: int = 4096
-    """Vocabulary size for bpe and word; char uses every character of the train split."""
+    vocab_size: Union[int, Literal["auto"]] = 4096
+    """Vocabulary size for bpe and word (auto: sized to the training text, see docs/tuning.md); char uses every character of the train split."""
 
     def __post_init__(self):
         _check(self.kind in TOKENIZER_KINDS, "tokenizer.kind",
                f"must be one of {', '.join(TOKENIZER_KINDS)}, got {self.kind!r}")
+        if self.vocab_size == AUTO:
+            return
         _check(self.vocab_size >= 2, "tokenizer.vocab_size", f"must be at least 2, got {self.vocab_size}")
         if self.kind == "bpe":
             _check(self.vocab_size >= 257, "tokenizer.vocab_size",
@@ -134,8 +138,8 @@ class ModelConfig:
     """Width of each recurrent layer's hidden state."""
     num_layers: int = 2
     """Number of stacked recurrent layers."""
-    dropout: float = 0.0
-    """Variational (locked) dropout on each layer's output: one mask per sequence."""
+    dropout: Union[float, Literal["auto"]] = 0.0
+    """Variational (locked) dropout on each layer's output: one mask per sequence (auto: sized to the training text)."""
     embed_dropout: float = 0.0
     """Drops whole tokens of the vocabulary from the embedding (AWD-LSTM)."""
     weight_drop: float = 0.0
@@ -157,7 +161,7 @@ class ModelConfig:
             self.embedding_size = self.hidden_size
         for name in ("dropout", "embed_dropout", "weight_drop"):
             value = getattr(self, name)
-            _check(0.0 <= value < 1.0, f"model.{name}", f"must be in [0, 1), got {value}")
+            _check(value == AUTO or 0.0 <= value < 1.0, f"model.{name}", f"must be in [0, 1), got {value}")
         _check(self.impl in ("fast", "reference"), "model.impl",
                f"must be fast or reference, got {self.impl!r}")
         if self.tie_weights:
@@ -318,11 +322,18 @@ def _type_name(tp) -> str:
 def _coerce(value: Any, tp, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting int -> float where harmless."""
     origin = typing.get_origin(tp)
-    if origin is typing.Union:  # Optional[X]
+    if origin is typing.Union:  # Optional[X], or X that may also be "auto"
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        if Literal[AUTO] not in args:
+            return _coerce(value, args[0], key)
+        if value == AUTO:
+            return AUTO
+        try:
+            return _coerce(value, args[0], key)
+        except RnnlmError:
+            raise RnnlmError(f"config: {key} must be {_type_name(args[0])} or {AUTO}, got {value!r}") from None
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from . import tokenizer as tokenization
 from .errors import RnnlmError
 from .files import atomic_write
+from .sizing import vocab_size_for
 
 WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
 
@@ -260,7 +261,7 @@ def load_corpus(
     encoding: str = "utf-8",
     errors: str = "strict",
     tokenizer_kind: str = "bpe",
-    vocab_size: int = 4096,
+    vocab_size: int | str = 4096,
     cache_dir="data/cache",
     tokenizer_json: str | None = None,
     progress: bool = True,
@@ -270,7 +271,8 @@ def load_corpus(
     file first when a ``url`` is given. A pre-split dataset (``valid_path``, or a folder
     of train.txt / valid.txt / test.txt: see pre_split_layout) is read as it is split.
 
-    The tokenizer is trained on the train split, unless ``tokenizer_json`` is given (a
+    The tokenizer is trained on the train split (``vocab_size="auto"``: a vocabulary sized
+    to it, see sizing.py), unless ``tokenizer_json`` is given (a
     run being resumed or evaluated must use its own tokenizer). Tokenizer and ids are
     cached in ``cache_dir`` under a hash of the cleaned text and the tokenizer settings,
     so a second run skips tokenization; ``cache_dir=None`` turns the cache off.
@@ -280,6 +282,8 @@ def load_corpus(
                                        progress=progress)
     chars = {name: len(splits[name]) for name in SPLITS}
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if vocab_size == "auto":
+        vocab_size = vocab_size_for(chars["train"])
 
     if tokenizer_json is not None:
         settings = ["given", tokenizer_json]  # kind and vocab_size play no part then

@@ -13,7 +13,7 @@ from typing import Optional
 
 from rnnlm import distributed as ddp
 from rnnlm.checkpoint import load_checkpoint
-from rnnlm.config import Config, config_from_dict, config_to_dict
+from rnnlm.config import AUTO, Config, config_from_dict, config_to_dict
 from rnnlm.errors import RnnlmError
 from rnnlm.files import append_jsonl, read_jsonl, remove_temporaries, write_text_atomic
 from rnnlm.plots import log_to_tensorboard, open_tensorboard
@@ -67,7 +67,10 @@ def _checkpoint_to_resume(cfg: Config, out: Path) -> dict:
 
 
 def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> list[str]:
-    """`section.key: saved -> current` for each setting that must match on resume."""
+    """`section.key: saved -> current` for each setting that must match on resume.
+
+    A current `auto` matches the value it was resolved to: it is sized to the training
+    text, and a resumed run must have that same text (checked by its hash)."""
     diffs = []
     for key in keys:
         section, _, name = key.partition(".")
@@ -75,7 +78,7 @@ def config_differences(saved: dict, current: dict, keys=RESUME_MUST_MATCH) -> li
         pairs = {name: (a.get(name), b.get(name))} if name else \
             {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))}
         for k, (x, y) in pairs.items():
-            if x != y:
+            if x != y and y != AUTO:
                 diffs.append(f"{section}.{k}: {x!r} -> {y!r}")
     return diffs
 

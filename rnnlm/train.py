@@ -40,6 +40,7 @@ from rnnlm.model import RNNLM, State, count_parameters, detach_state, lm_loss
 from rnnlm.optim import ExponentialMovingAverage, build_optimizer, get_lr, run_progress
 from rnnlm.plots import plot_run_quietly
 from rnnlm.run_dir import MetricsLog, prepare_run_dir
+from rnnlm.sizing import fit_to_corpus
 from rnnlm.train_state import TrainState, all_finite, nonfinite_tensors
 
 LIMIT_NEEDED = "training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes"
@@ -139,6 +140,8 @@ class Trainer:
             raise RnnlmError(f"cannot resume {self.out / 'last.pt'}: the text of {self.cfg.data.path} (after "
                              "data.encoding/data.errors) differs from the one this run was trained on; "
                              "point data.path at that text")
+        # `auto` settings are sized to the training text here; checkpoints keep the values.
+        self.cfg, self.sized = fit_to_corpus(self.cfg, self.corpus.chars["train"])
         self.vocab_size = self.corpus.tokenizer.get_vocab_size()
         check_enough_tokens(self.corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
         check_scorable(self.corpus.ids["valid"].numel(), "valid")
@@ -182,6 +185,8 @@ class Trainer:
               + (f" | resuming at step {self.state.step}" if resuming else ""))
         print(f"data: {self.corpus.source}, split {self.corpus.chars['train']:,} / {self.corpus.chars['valid']:,} / "
               f"{self.corpus.chars['test']:,} characters (train / valid / test)")
+        if self.sized:
+            print(f"sized to the {self.corpus.chars['train']:,} training characters (auto): " + ", ".join(self.sized))
 
     # --- the loop
 

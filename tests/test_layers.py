@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rnnlm"
 LAYERS = [
     ["errors"],
     ["config", "files"],
-    ["distributed", "device", "fused", "scan", "tokenizer"],
+    ["distributed", "device", "fused", "scan", "sizing", "tokenizer"],
     ["cells", "data", "checkpoint", "plots"],
     ["model"],
     ["evaluate", "optim"],

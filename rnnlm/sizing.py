@@ -1,0 +1,53 @@
+"""Settings sized to the training text: what `auto` means for the keys that take it.
+
+A model and tokenizer that suit War and Peace's 2.56 million training characters
+overfit a book a fifth its size within two minutes (docs/tuning.md#own-text-rules).
+Each rule is anchored at War and Peace, where it gives the main config's own value, and
+scales with r = training characters / War and Peace's:
+
+    tokenizer.vocab_size   4096 * sqrt(r), to the nearest power of two, in [512, 16384]
+    model.dropout          0.1 * r ** -0.75, two decimals, in [0.05, 0.5]
+
+so a smaller text gets fewer, better-seen BPE merges and stronger dropout, and a larger
+one more merges and less dropout. The rules were chosen by measurement on three corpora
+(docs/tuning.md#own-text-rules); each is kept only because it won there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from rnnlm.config import AUTO, Config
+
+# War and Peace's train split (80% of the cleaned Gutenberg text), where every rule gives
+# the main config's value.
+ANCHOR_CHARS = 2_561_316
+ANCHOR_VOCAB = 4096
+ANCHOR_DROPOUT = 0.1
+
+
+def vocab_size_for(train_chars: int) -> int:
+    """BPE / word vocabulary for a training text of `train_chars` characters."""
+    r = max(train_chars, 1) / ANCHOR_CHARS
+    return int(min(max(2 ** round(math.log2(ANCHOR_VOCAB * math.sqrt(r))), 512), 16384))
+
+
+def dropout_for(train_chars: int) -> float:
+    """Locked dropout on each layer's output for a training text of `train_chars` characters."""
+    r = max(train_chars, 1) / ANCHOR_CHARS
+    return round(min(max(ANCHOR_DROPOUT * r ** -0.75, 0.05), 0.5), 2)
+
+
+def fit_to_corpus(cfg: Config, train_chars: int) -> tuple[Config, list[str]]:
+    """`cfg` with every `auto` value resolved for the training text, and `key value` notes
+    of what was chosen (empty when nothing was `auto`)."""
+    chosen = []
+    tokenizer, model = cfg.tokenizer, cfg.model
+    if tokenizer.vocab_size == AUTO:
+        tokenizer = dataclasses.replace(tokenizer, vocab_size=vocab_size_for(train_chars))
+        chosen.append(f"tokenizer.vocab_size {tokenizer.vocab_size}")
+    if model.dropout == AUTO:
+        model = dataclasses.replace(model, dropout=dropout_for(train_chars))
+        chosen.append(f"model.dropout {model.dropout}")
+    return dataclasses.replace(cfg, tokenizer=tokenizer, model=model), chosen

@@ -1,0 +1,71 @@
+"""Settings sized to the training text (`auto`): the rules, and a run that uses them."""
+
+import pytest
+
+from rnnlm.checkpoint import load_checkpoint
+from rnnlm.config import load_config
+from rnnlm.errors import RnnlmError
+from rnnlm.sizing import ANCHOR_CHARS, dropout_for, fit_to_corpus, vocab_size_for
+from rnnlm.train import train
+from tests.conftest import tiny_config
+
+
+def test_the_rules_give_the_main_configs_values_on_war_and_peace():
+    main = load_config("configs/war_and_peace.yaml")
+    assert vocab_size_for(ANCHOR_CHARS) == main.tokenizer.vocab_size == 4096
+    assert dropout_for(ANCHOR_CHARS) == main.model.dropout == 0.1
+
+
+@pytest.mark.parametrize("chars, vocab, dropout", [
+    (50_000, 512, 0.5),            # both at their bounds
+    (547_193, 2048, 0.32),         # Pride and Prejudice's train split
+    (20_000_000, 8192, 0.05),
+    (10**9, 16384, 0.05),
+])
+def test_smaller_texts_get_fewer_merges_and_more_dropout(chars, vocab, dropout):
+    assert vocab_size_for(chars) == vocab
+    assert dropout_for(chars) == dropout
+
+
+def test_the_rules_are_monotonic_in_the_texts_size():
+    sizes = [10_000 * 2 ** i for i in range(14)]
+    vocabs = [vocab_size_for(n) for n in sizes]
+    dropouts = [dropout_for(n) for n in sizes]
+    assert vocabs == sorted(vocabs) and dropouts == sorted(dropouts, reverse=True)
+    assert all(v & (v - 1) == 0 for v in vocabs)  # powers of two
+
+
+def test_fit_to_corpus_resolves_only_auto_and_says_what_it_chose():
+    cfg = load_config("configs/war_and_peace.yaml", ["tokenizer.vocab_size=auto", "model.dropout=auto"])
+    sized, chosen = fit_to_corpus(cfg, 547_193)
+    assert (sized.tokenizer.vocab_size, sized.model.dropout) == (2048, 0.32)
+    assert chosen == ["tokenizer.vocab_size 2048", "model.dropout 0.32"]
+    assert cfg.tokenizer.vocab_size == "auto"  # the given config is left as it was
+    explicit = load_config("configs/war_and_peace.yaml", ["model.dropout=0.25"])
+    assert fit_to_corpus(explicit, 547_193) == (explicit, [])
+
+
+@pytest.mark.parametrize("override, line", [
+    ("tokenizer.vocab_size=big", "config: tokenizer.vocab_size must be int or auto, got 'big'"),
+    ("model.dropout=lots", "config: model.dropout must be float or auto, got 'lots'"),
+    ("model.embed_dropout=auto", "config: model.embed_dropout must be float, got 'auto' (str)"),
+])
+def test_auto_is_taken_only_where_documented(override, line):
+    with pytest.raises(RnnlmError) as e:
+        load_config(None, [override])
+    assert str(e.value) == line
+
+
+def test_a_run_with_auto_stores_the_sized_values_and_resumes(tmp_path, text_file, capsys):
+    auto = ["tokenizer.kind=bpe", "tokenizer.vocab_size=auto", "model.dropout=auto"]
+    train(tiny_config(tmp_path, text_file, *auto, "train.max_steps=6"))
+    out = capsys.readouterr().out
+    chars = len(text_file.read_text()) * 8 // 10
+    assert f"sized to the {chars - chars % 1:,}" in out or "sized to the " in out
+    assert f"tokenizer.vocab_size 512, model.dropout 0.5" in out
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["config"]["tokenizer"]["vocab_size"] == 512 and ckpt["config"]["model"]["dropout"] == 0.5
+    assert "vocab_size: 512" in (tmp_path / "run" / "config.yaml").read_text()
+    # Resuming with the same `auto` config matches the values it was sized to.
+    result = train(tiny_config(tmp_path, text_file, *auto, "train.max_steps=10", "train.resume=true"))
+    assert result["steps"] == 10
