@@ -386,6 +386,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# export
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder to write model.onnx, tokenizer.json and config.json into (must not exist)")
+    p.add_argument("--format", default="onnx", help="export format (default and only one: onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rnnlm.export import export_model
+
+    done = export_model(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite)
+    state = ", ".join(s["name"] for s in done["state"])
+    print(f"wrote {args.out}: model.onnx ({done['cell']} {done['num_layers']}x{done['hidden_size']}, "
+          f"vocab {done['vocab_size']}, state {state}), tokenizer.json, config.json; "
+          f"onnxruntime matches PyTorch to {done['max_abs_diff']:.1e}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # entry points
 
 COMMANDS = {
@@ -396,6 +419,7 @@ COMMANDS = {
     "gradient-flow": (add_gradient_flow_args, cmd_gradient_flow,
                       "plot ||dL_T/dh_t|| against the distance T - t: vanishing and exploding gradients"),
     "predict": (add_predict_args, cmd_predict, "the k most likely next words after a prompt, with probabilities"),
+    "export": (add_export_args, cmd_export, "write a checkpoint as ONNX with its tokenizer, to run without PyTorch"),
 }
 
 

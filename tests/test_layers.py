@@ -21,7 +21,7 @@ LAYERS = [
     ["sample", "train_state", "run_dir", "gradflow"],
     ["predict", "train"],
     ["inference"],
-    ["interactive"],
+    ["interactive", "export"],
     ["cli"],
 ]
 TRAINING = {"train", "train_state", "run_dir", "optim"}
@@ -72,7 +72,7 @@ def test_no_import_cycles():
 
 
 def test_inference_never_imports_training():
-    for module in ("inference", "sample", "predict", "evaluate", "interactive"):
+    for module in ("inference", "sample", "predict", "evaluate", "interactive", "export"):
         assert not closure(module) & TRAINING, (module, closure(module) & TRAINING)
 
 

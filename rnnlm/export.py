@@ -1,0 +1,204 @@
+"""Export a trained model to run without rnnlm or PyTorch: an ONNX step function that carries its state.
+
+`export_model(checkpoint, out)` writes a self-contained folder:
+
+    model.onnx      tokens (batch, T) int64 and the state in -> logits (batch, T, vocab) and the new state out
+    tokenizer.json  the checkpoint's own tokenizer (Hugging Face `tokenizers`)
+    config.json     vocabulary size, cell kind, layer sizes, the state's names and shapes, the special tokens
+
+The state is one float32 tensor (batch, hidden_size) per layer and state kind, named
+``h_0, h_1, ...`` (and ``c_0, c_1, ...`` for an LSTM's cell state), all zeros to start; the
+graph returns the new state as ``h_0_next, ...``. Batch and T are dynamic: a prompt is
+primed in one call, then generation steps with T = 1, feeding each ``*_next`` back in.
+
+The graph is the plain per-step cells of rnnlm.cells (the equations as written, the path
+``model.impl=reference`` unrolls), not the fast paths: ONNX cannot hold fused.py's
+hand-written backward or MKL's packed GEMM, nor scan.py's in-place loop. The time loop is a
+``torch.ops.higher_order.scan`` over the cell, which the dynamo exporter turns into an ONNX
+``Scan``, so T stays dynamic. Each export runs the result in onnxruntime against PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnlm import tokenizer as tokenization
+from rnnlm.errors import RnnlmError
+from rnnlm.inference import load_model
+
+FORMATS = ("onnx",)
+EXPORT_FORMAT = "rnnlm-onnx"
+EXPORT_VERSION = 1
+INSTALL = 'pip install -e ".[export]"'
+# Packages the export needs: the graph is written with onnx and onnxscript and checked in onnxruntime.
+NEEDS = ("onnx", "onnxscript", "onnxruntime")
+# The largest |logit| difference an export may show against PyTorch before it is refused.
+TOLERANCE = 1e-3
+
+
+def state_names(model) -> list[str]:
+    """The state's input names, in the graph's order: layer by layer, h (then c for an LSTM)."""
+    kinds = ("h", "c")[: model.layers[0].cell.num_states]
+    return [f"{kind}_{layer}" for layer in range(len(model.layers)) for kind in kinds]
+
+
+def _scan_cell(cell: nn.Module, x: Tensor, state: tuple) -> tuple[Tensor, tuple]:
+    """Run the per-step `cell` over x (T, B, I) from `state` with a scan: (y (T, B, H), last state)."""
+    from torch._higher_order_ops.scan import scan
+
+    def step(carry: tuple, x_t: Tensor):
+        carry = tuple(cell(x_t, carry))
+        return carry, carry[0].clone()  # a scan's outputs may not alias its carry
+
+    last, y = scan(step, tuple(state), x)
+    return y, tuple(last)
+
+
+class StepGraph(nn.Module):
+    """The model as the exported graph sees it: ``forward(tokens (B, T), *state) -> (logits (B, T, V), *new_state)``,
+    the state flat in `state_names` order. Runs the reference cells in eval mode."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.eval()
+        self.num_states = model.layers[0].cell.num_states
+
+    def forward(self, tokens: Tensor, *state: Tensor):
+        m, k = self.model, self.num_states
+        x = F.embedding(tokens.t(), m.embedding.weight)  # (T, B, E)
+        new_state = []
+        for i, layer in enumerate(m.layers):
+            x, layer_state = _scan_cell(layer.cell, x, state[i * k: (i + 1) * k])
+            new_state.extend(layer_state)
+        return (m.decoder(x.transpose(0, 1)), *new_state)  # (B, T, V)
+
+
+def require_onnx() -> None:
+    """Refuse in one line, saying what to install, when a package the export needs is missing."""
+    missing = [name for name in NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RnnlmError(f"export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                         f"not installed; install the export extra: {INSTALL}")
+
+
+def export_config(lm) -> dict:
+    """What config.json holds: everything another program needs to tokenize, step and detokenize."""
+    m, cfg = lm.model, lm.config.model
+    unk = tokenization.unk_id(lm.tokenizer)
+    hidden = [layer.hidden_size for layer in m.layers]
+    return {
+        "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
+        "model": "model.onnx", "tokenizer": "tokenizer.json", "tokenizer_kind": lm.config.tokenizer.kind,
+        "vocab_size": m.vocab_size, "cell": cfg.cell, "num_layers": len(m.layers),
+        "embedding_size": cfg.embedding_size, "hidden_size": cfg.hidden_size, "tie_weights": cfg.tie_weights,
+        "inputs": {"tokens": {"shape": ["batch", "T"], "dtype": "int64"}},
+        "outputs": {"logits": {"shape": ["batch", "T", m.vocab_size], "dtype": "float32"}},
+        "state": [{"name": name, "next": f"{name}_next", "layer": int(name.split("_")[1]),
+                   "shape": ["batch", hidden[int(name.split("_")[1])]], "dtype": "float32", "initial": "zeros"}
+                  for name in state_names(m)],
+        "special_tokens": {} if unk is None else {tokenization.UNK: unk},
+        "encode": {"add_special_tokens": False}, "decode": {"skip_special_tokens": False},
+        "checkpoint_step": lm.checkpoint_step,
+    }
+
+
+def _write_onnx(graph: StepGraph, names: list[str], path: Path) -> None:
+    """torch.onnx's dynamo exporter on example inputs of batch 2 and T 3, batch and T dynamic, quietly."""
+    B, T = 2, 3
+    tokens = torch.zeros(B, T, dtype=torch.long)
+    state = [torch.zeros(B, graph.model.layers[int(n.split("_")[1])].hidden_size) for n in names]
+    batch, steps = torch.export.Dim("batch"), torch.export.Dim("T")
+    dynamic = ({0: batch, 1: steps}, tuple({0: batch} for _ in names))  # as forward's arguments: tokens, *state
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # e.g. "torchvision is not installed", nothing to do with us
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, (tokens, *state), str(path), dynamo=True, verbose=False,
+                              input_names=["tokens", *names], output_names=["logits", *[f"{n}_next" for n in names]],
+                              dynamic_shapes=dynamic, external_data=False)
+    finally:
+        onnx_logger.setLevel(level)
+
+
+def check_onnx(path: Path, lm, seed: int = 0) -> float:
+    """Largest |logit| difference between onnxruntime and PyTorch on random tokens, batch 2:
+    7 steps primed in one call, then 3 single steps carrying the state, against one PyTorch pass."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = state_names(lm.model)
+    tokens = torch.randint(0, lm.model.vocab_size, (2, 10), generator=torch.Generator().manual_seed(seed))
+    state = [t.numpy() for layer in lm.model.init_state(2, torch.device("cpu")) for t in layer]
+    logits = []
+    for chunk in tokens.split([7, 1, 1, 1], dim=1):
+        out = session.run(None, {"tokens": chunk.numpy(), **dict(zip(names, state))})
+        logits.append(out[0])
+        state = out[1:]
+    with torch.no_grad():
+        expected = lm.model(tokens)[0].numpy()
+    return float(np.abs(np.concatenate(logits, axis=1) - expected).max())
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing output folder unless `overwrite`; and then only an empty one or an earlier export."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RnnlmError(f"output {str(out)!r} is a file; pass a folder that does not exist yet with --out")
+    if not overwrite:
+        raise RnnlmError(f"output folder {str(out)!r} already exists; pass --overwrite to replace it "
+                         "or another --out")
+    if any(out.iterdir()) and not _is_export(out):
+        raise RnnlmError(f"output folder {str(out)!r} is not an rnnlm export and not empty; --overwrite "
+                         "only replaces an earlier export: pass another --out")
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False) -> dict:
+    """Write the export folder `out` from `checkpoint`; returns its config with the check's
+    ``max_abs_diff`` (onnxruntime against PyTorch) added. The folder appears whole or not at all."""
+    if fmt not in FORMATS:
+        raise RnnlmError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}")
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    require_onnx()
+    lm = load_model(checkpoint, "cpu")
+    names = state_names(lm.model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}"  # beside `out`, so the rename below is atomic
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_onnx(StepGraph(lm.model), names, tmp / "model.onnx")
+        diff = check_onnx(tmp / "model.onnx", lm)
+        if not diff <= TOLERANCE:
+            raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {TOLERANCE:g}); "
+                             "please report this with the checkpoint's config")
+        config = export_config(lm)
+        (tmp / "tokenizer.json").write_text(tokenization.to_json(lm.tokenizer), encoding="utf-8")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**config, "max_abs_diff": diff}

@@ -1,0 +1,152 @@
+"""`rnnlm export`: the ONNX step function against PyTorch in onnxruntime, for every cell kind,
+the example that generates from the folder without torch, and the one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, cli_line, train_tiny_run, untrained_lm
+from rnnlm import export
+from rnnlm import tokenizer as tokenization
+from rnnlm.config import CELL_KINDS
+
+PROMPT = "The prince spoke to"
+STEPS = 50
+# One small model per cell kind, between them tied and untied, one and two layers, every tokenizer.
+SETTINGS = {
+    "rnn": ["model.num_layers=2", "model.tie_weights=false", "model.embedding_size=24"],
+    "gru": ["tokenizer.kind=word"],
+    "lstm": ["model.num_layers=2", "tokenizer.kind=bpe"],
+    "mingru": ["model.num_layers=2", "model.tie_weights=false", "model.embedding_size=48"],
+    "minlstm": [],
+}
+TRAIN = ["tokenizer.vocab_size=300", "train.max_steps=60", "model.hidden_size=48", "optim.lr=0.02",
+         "train.eval_every=1000"]
+
+
+def test_settings_cover_every_cell_kind():
+    assert tuple(SETTINGS) == CELL_KINDS
+
+
+@pytest.mark.parametrize("cell", CELL_KINDS)
+def test_step_graph_matches_the_model_in_pytorch(cell):
+    """The graph that is exported (a scan over the reference cells), run in PyTorch, is the model."""
+    lm = untrained_lm()
+    lm.config.model.cell = cell
+    from rnnlm.model import RNNLM
+
+    torch.manual_seed(0)
+    model = RNNLM(lm.model.vocab_size, lm.config.model).eval()
+    tokens = torch.randint(0, model.vocab_size, (3, 6))
+    state = model.init_state(3)
+    state = [torch.randn_like(t) for layer in state for t in layer]
+    logits, *new_state = export.StepGraph(model)(tokens, *state)
+    k = model.layers[0].cell.num_states
+    expected, expected_state = model(tokens, [tuple(state[i:i + k]) for i in range(0, len(state), k)])
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(new_state, [t for layer in expected_state for t in layer])
+    assert export.state_names(model) == (["h_0", "c_0"] if cell == "lstm" else ["h_0"])
+
+
+def test_config_names_the_state_and_the_special_tokens():
+    lm = untrained_lm("word")
+    config = export.export_config(lm)
+    assert config["vocab_size"] == lm.model.vocab_size and config["cell"] == lm.config.model.cell
+    assert [s["name"] for s in config["state"]] == export.state_names(lm.model)
+    assert all(s["shape"] == ["batch", 16] and s["next"] == s["name"] + "_next" for s in config["state"])
+    assert config["special_tokens"] == {"<unk>": tokenization.unk_id(lm.tokenizer)}
+    assert export.export_config(untrained_lm("bpe"))["special_tokens"] == {}
+
+
+def test_unknown_format_is_one_line(capsys, tmp_path):
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(tmp_path / "o"), "--format", "tflite"])
+    assert "unknown export format 'tflite'" in line and "onnx" in line
+
+
+def test_existing_output_folder_is_refused_unless_overwrite(capsys, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(out)])
+    assert "already exists" in line and "--overwrite" in line
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(out), "--overwrite"])
+    assert "not an rnnlm export" in line and (out / "notes.txt").exists()
+    (out / "notes.txt").unlink()
+    (out / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT}))
+    export._prepare_out(out, overwrite=True)  # an earlier export may be replaced
+
+
+def test_missing_onnx_says_what_to_install(capsys, tmp_path, monkeypatch):
+    real = export.importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name))
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(tmp_path / "o")])
+    assert "onnxruntime" in line and 'pip install -e ".[export]"' in line
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(capsys, tmp_path):
+    for name in export.NEEDS:
+        pytest.importorskip(name)
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    line = cli_line(capsys, ["export", "--checkpoint", str(bad), "--out", str(tmp_path / "o")])
+    assert "not a PyTorch checkpoint" in line and not (tmp_path / "o").exists()
+
+
+def _onnx_logits(session, names, prompt_ids, steps):
+    """Logits of the prompt primed in one call, then of `steps` single greedy steps: (1 + steps, V)."""
+    state = {n: np.zeros((1, s), np.float32) for n, s in names}
+    out, tokens = [], np.array([prompt_ids], np.int64)
+    for _ in range(steps + 1):
+        logits, *next_state = session.run(None, {"tokens": tokens, **state})
+        state = dict(zip(state, next_state))
+        out.append(logits[0, -1])
+        tokens = np.array([[int(logits[0, -1].argmax())]], np.int64)
+    return np.stack(out)
+
+
+def _torch_logits(lm, prompt_ids, steps):
+    """The same in PyTorch, as `rnnlm generate` runs it: the prompt in one pass, then the stepper."""
+    with torch.no_grad():
+        logits, state = lm.model(torch.tensor([prompt_ids]))
+        out, step = [logits[0, -1]], lm.model.stepper()
+        for _ in range(steps):
+            logits, state = step(out[-1].argmax().view(1), state)
+            out.append(logits[0])
+    return torch.stack(out).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CELL_KINDS)
+def test_exported_model_matches_pytorch_in_onnxruntime(cell, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    for name in export.NEEDS:
+        pytest.importorskip(name)
+    from rnnlm.cli import main
+    from rnnlm.inference import load_model
+
+    ckpt = train_tiny_run(tmp_path, f"model.cell={cell}", "tokenizer.kind=char", *TRAIN, *SETTINGS[cell]) / "best.pt"
+    out = tmp_path / "onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "tokenizer.json"]
+    config = json.loads((out / "config.json").read_text())
+    lm = load_model(ckpt, "cpu")
+    assert (out / "tokenizer.json").read_text() == tokenization.to_json(lm.tokenizer)
+
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [(s["name"], s["shape"][1]) for s in config["state"]]
+    ids = tokenization.encode(lm.tokenizer, PROMPT)
+    diff = np.abs(_onnx_logits(session, names, ids, STEPS) - _torch_logits(lm, ids, STEPS)).max()
+    print(f"{cell}: max |logits difference| {diff:.2e} over a prompt of {len(ids)} and {STEPS} steps")
+    assert diff < 1e-4
+
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "onnx_generate.py"), str(out), PROMPT, str(STEPS)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    expected = lm.generate(PROMPT, max_new_tokens=STEPS, temperature=0)
+    assert expected.strip() and done.stdout == expected + "\n"
+    assert "ms per token" in done.stderr
