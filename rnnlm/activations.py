@@ -23,8 +23,9 @@ import torch
 from rnnlm.data import read_splits
 from rnnlm.errors import RnnlmError
 
-# Straight quotes toggle; curly ones open or close.
-OPEN_QUOTES, CLOSE_QUOTES, TOGGLE_QUOTES = "“‘«", "”’»", '"'
+# Double quotes only: the straight one toggles, curly ones open or close. Single quotes
+# are left out, as ’ is also the apostrophe ("Napoleon’s").
+OPEN_QUOTES, CLOSE_QUOTES, TOGGLE_QUOTES = "“«", "”»", '"'
 SIGNALS = {
     "quote": "inside a quotation",
     "line_position": "position within the line",

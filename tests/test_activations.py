@@ -78,12 +78,12 @@ def test_char_rows_map_characters_to_the_last_token_begun():
 
 
 def test_signals():
-    text = 'a “b” (c)\n"d"'
+    text = 'a “b’s” (c)\n"d"'
     s = A.signals(text)
-    assert s["quote"].tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0]
-    assert s["parentheses"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]
-    assert s["line_position"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3]
-    assert s["after_newline"].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]
+    assert s["quote"].tolist() == [0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+    assert s["parentheses"].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0]
+    assert s["line_position"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3]
+    assert s["after_newline"].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]
 
 
 def test_correlations():

@@ -99,6 +99,7 @@ async function updateNextWords(text) {
       return tr;
     });
     $("next-words").tBodies[0].replaceChildren(...rows);
+    $("next-words").dataset.for = text;
   } catch (e) {
     if (mine === nextRequest) $("next-error").textContent = e.message;
   }
