@@ -409,6 +409,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# serve
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from rnnlm import server
+    except ImportError as e:
+        raise RnnlmError(f"rnnlm serve needs the serve extra ({e}); install it with pip install -e '.[serve]'") from None
+    from rnnlm.inference import load_model
+
+    if not 0 <= args.port <= 65535:
+        raise RnnlmError(f"--port must be from 0 to 65535, got {args.port}")
+    lm = load_model(args.checkpoint, args.device)
+    sock = server.listen(args.host, args.port)
+    print(f"serving {args.checkpoint} at {server.url_of(sock)}/ (Ctrl-C stops)", flush=True)
+    server.make_server(lm, sock).run(sockets=[sock])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # entry points
 
 COMMANDS = {
@@ -420,6 +447,7 @@ COMMANDS = {
                       "plot ||dL_T/dh_t|| against the distance T - t: vanishing and exploding gradients"),
     "predict": (add_predict_args, cmd_predict, "the k most likely next words after a prompt, with probabilities"),
     "export": (add_export_args, cmd_export, "write a checkpoint as ONNX with its tokenizer, to run without PyTorch"),
+    "serve": (add_serve_args, cmd_serve, "a local web page: completions, next words and what the hidden units track"),
 }
 
 

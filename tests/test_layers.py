@@ -19,9 +19,9 @@ LAYERS = [
     ["model"],
     ["evaluate", "optim"],
     ["sample", "train_state", "run_dir", "gradflow"],
-    ["predict", "train"],
+    ["predict", "train", "activations"],
     ["inference"],
-    ["interactive", "export"],
+    ["interactive", "export", "server"],
     ["cli"],
 ]
 TRAINING = {"train", "train_state", "run_dir", "optim"}
@@ -72,7 +72,7 @@ def test_no_import_cycles():
 
 
 def test_inference_never_imports_training():
-    for module in ("inference", "sample", "predict", "evaluate", "interactive", "export"):
+    for module in ("inference", "sample", "predict", "evaluate", "interactive", "export", "activations", "server"):
         assert not closure(module) & TRAINING, (module, closure(module) & TRAINING)
 
 
