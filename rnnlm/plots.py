@@ -101,16 +101,16 @@ def plot_run(run_dir, out: Optional[str | Path] = None) -> Path:
     fig.tight_layout()
 
     out = Path(out) if out is not None else run_dir / PLOT_NAME
-    save_figure(fig, out, dpi=100)
+    save_figure(fig, out, dpi=100, elsewhere=f"draw it elsewhere with: rnnlm plot {run_dir} --out FILE")
     return out
 
 
-def save_figure(fig, out: str | Path, dpi: int) -> None:
+def save_figure(fig, out: str | Path, dpi: int, elsewhere: str = "pass another --out") -> None:
     """Write a matplotlib figure as a PNG, atomically (a full disk leaves the old picture and
     is one line, see files.atomic_write), and close it."""
     plt = pyplot()
     try:
-        atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=dpi), elsewhere="write the picture elsewhere (--out)")
+        atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=dpi), elsewhere=elsewhere)
     finally:
         plt.close(fig)
 
