@@ -375,24 +375,36 @@ def _coerce(value: Any, tp, key: str) -> Any:
         if value is None:
             return None
         return _coerce(value, args[0], key)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # PyYAML reads 3e-3 (no dot) as a string; take it as the number it is meant to be.
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float:
+        number = _number(value)
+        if number is not None:
+            return float(number)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str):
         return value
-    if tp is tuple and isinstance(value, (list, tuple)):
-        return tuple(value)
+    if tp is tuple and isinstance(value, (list, tuple)):  # the config's tuples hold numbers (split, betas)
+        numbers_ = [_number(v) for v in value]
+        if all(n is not None for n in numbers_):
+            return tuple(numbers_)
+        raise RnnlmError(f"config: {key} must be a list of numbers, got {list(value)}")
     shown = "null" if value is None else repr(value)
     raise RnnlmError(f"config: {key} must be {_type_name(tp)}, got {shown} ({type(value).__name__})")
+
+
+def _number(value: Any) -> Optional[int | float]:
+    """`value` as an int or float, or None if it is not a number. PyYAML reads 3e-3 (no dot)
+    and nan as strings: they are taken as the numbers they are meant to be."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 # Names other tools use for our keys, so a typo of them still finds the right key.
