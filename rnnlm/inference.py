@@ -64,10 +64,7 @@ class LoadedModel:
         `rnnlm.evaluate.evaluate_ids_dynamic` (one stream; the model itself is not changed).
         """
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("dynamic_rms", dynamic_rms)):
-            check_number(name, value, integer=True)
-        for name, value in (("dynamic_lr", dynamic_lr), ("dynamic_decay", dynamic_decay)):
-            if value is not None:
-                check_number(name, value)
+            check_number(name, value, integer=True)  # dynamic_lr and dynamic_decay: evaluate_ids_dynamic
         return score_text(self, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr,
                           dynamic_decay=dynamic_decay, dynamic_rms=dynamic_rms)
 

@@ -251,8 +251,9 @@ def test_the_python_api_and_the_prompt_refuse_nan_and_infinity():
         with pytest.raises(RnnlmError) as e:
             lm.generate("The army", **kwargs)
         assert str(e.value) == line
-    for kwargs, line in [({"dynamic_lr": math.nan}, "dynamic_lr must be a finite number, got nan"),
-                         ({"dynamic_lr": 0.1, "dynamic_decay": math.inf}, "dynamic_decay must be a finite number, got inf"),
+    for kwargs, line in [({"dynamic_lr": math.nan}, "dynamic evaluation needs a learning rate >= 0 (dynamic_lr), got nan"),
+                         ({"dynamic_lr": 0.1, "dynamic_decay": math.inf},
+                          "dynamic evaluation needs a decay in [0, 1) (dynamic_decay), got inf"),
                          ({"seq_len": math.nan}, "seq_len must be a whole number, got nan"),
                          ({"dynamic_lr": 0.1, "dynamic_rms": math.inf}, "dynamic_rms must be a whole number, got inf")]:
         with pytest.raises(RnnlmError) as e:
