@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from rnnlm.errors import RnnlmError
+from rnnlm.errors import CannotWrite, RnnlmError
 from rnnlm.files import atomic_write
 
 CHECKPOINT_FORMAT = 1
@@ -61,15 +61,21 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    """Write `checkpoint` to `path` atomically and durably (see files.atomic_write)."""
+def save_checkpoint(path: str | Path, checkpoint: dict,
+                    elsewhere: str = "set train.out_dir to another disk") -> None:
+    """Write `checkpoint` to `path` atomically and durably (see files.atomic_write).
+
+    A full or read-only disk is a `CannotWrite` (the previous file kept, unchanged), as is
+    any other failing write, so a caller can say what the run still has.
+    """
     path = Path(path)
+    existed = path.exists()
     try:
-        atomic_write(path, lambda f: torch.save(to_cpu(checkpoint), f), durable=True)
-    except OSError as e:
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        raise RnnlmError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept}; "
-                         "free some disk space or set train.out_dir to a writable place") from None
+        atomic_write(path, lambda f: torch.save(to_cpu(checkpoint), f), durable=True, elsewhere=elsewhere)
+    except OSError as e:  # not a full disk or a permission: an I/O error, a name too long, ...
+        kept = f"the previous {path.name} is kept, unchanged" if existed else f"no {path.name} was written"
+        cause = e.strerror or str(e)
+        raise CannotWrite(path, cause, kept, elsewhere) from None
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

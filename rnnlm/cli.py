@@ -29,6 +29,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def finite_float(text: str) -> float:
+    """The argparse type of every float option: a finite number. NaN would slip past every
+    range check (each comparison with it is False) and end deep inside torch."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (not NaN or infinity), got {text!r}")
+    return value
+
+
 def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command, turning user errors into one line and a non-zero exit code."""
     warnings.showwarning = _warning_line
@@ -88,9 +100,9 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", help="text to continue (default: the checkpoint's sample.prompt; '-' reads stdin)")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default: sample.max_new_tokens)")
-    p.add_argument("--temperature", type=float, default=None, help="softmax temperature; 0 = greedy")
+    p.add_argument("--temperature", type=finite_float, default=None, help="softmax temperature; 0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--top-p", type=finite_float, default=None, help="nucleus sampling threshold in (0, 1]")
     p.add_argument("--num-samples", type=int, default=1, help="independent continuations to print")
     p.add_argument("--seed", type=int, default=None, help="seed for a reproducible sample")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
@@ -180,13 +192,13 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--text", metavar="FILE", help="any UTF-8 text file, scored as a whole")
     p.add_argument("--batch-size", type=int, default=None, help="parallel streams (default: the run's)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per forward pass")
-    p.add_argument("--dynamic", type=float, default=None, metavar="LR",
+    p.add_argument("--dynamic", type=finite_float, default=None, metavar="LR",
                    help="dynamic evaluation: after scoring each --seq-len segment, one SGD step at this "
                         "learning rate on it (one stream; the checkpoint is not changed)")
     p.add_argument("--dynamic-rms", type=int, nargs="?", const=100_000, default=0, metavar="TOKENS",
                    help="with --dynamic: divide each weight's step by its gradient RMS over about TOKENS tokens "
                         "of the checkpoint's training split (default 100000; needs its data.path)")
-    p.add_argument("--dynamic-decay", type=float, default=0.0, metavar="DECAY",
+    p.add_argument("--dynamic-decay", type=finite_float, default=0.0, metavar="DECAY",
                    help="with --dynamic: pull the weights back towards the checkpoint's by this rate per "
                         "segment (scaled by the gradient RMS with --dynamic-rms), in [0, 1)")
     p.add_argument("--encoding", default=None, help="text encoding of --text (default: the run's data.encoding)")
@@ -278,11 +290,11 @@ def add_gradient_flow_args(p: argparse.ArgumentParser) -> None:
                         "--config alone: the config's cell)")
     p.add_argument("--seq-len", type=int, default=100, help="window length T (default 100)")
     p.add_argument("--windows", type=int, default=8, help="windows of validation text to average over (default 8)")
-    p.add_argument("--hh-scale", type=float, default=None,
+    p.add_argument("--hh-scale", type=finite_float, default=None,
                    help="multiply the untrained models' W_hh by this (e.g. 3 for an exploding rnn) and add a "
                         "panel of SGD steps with clipping off and on")
-    p.add_argument("--clip", type=float, default=None, help="clip threshold of that panel (default: optim.clip_grad_norm)")
-    p.add_argument("--lr", type=float, default=1.0, help="SGD learning rate of that panel (default 1.0)")
+    p.add_argument("--clip", type=finite_float, default=None, help="clip threshold of that panel (default: optim.clip_grad_norm)")
+    p.add_argument("--lr", type=finite_float, default=1.0, help="SGD learning rate of that panel (default 1.0)")
     p.add_argument("--steps", type=int, default=30, help="SGD steps of that panel (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained models' initialisation")
     p.add_argument("--out", "-o", default="gradient_flow.png", help="PNG file to write (default gradient_flow.png)")

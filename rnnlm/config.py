@@ -4,13 +4,18 @@
 
 Every section is a dataclass with one docstring line per field and checks in
 ``__post_init__``. An unknown key, a value of the wrong type or out of range is a
-``RnnlmError`` that names the key (and, for a typo, the closest valid one).
+``RnnlmError`` that names the key (and, for a typo, the closest valid one). NaN and
+infinity (YAML ``.nan``, ``.inf``; ``nan`` in an override) are refused in every number of
+every section by one check (`finite_numbers`), before the ranges, which NaN would slip past:
+every comparison with NaN is False.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,21 +35,39 @@ TOKENIZER_KINDS = ("bpe", "word", "char")
 AUTO = "auto"
 
 
+def number_error(value, integer: bool = False) -> Optional[str]:
+    """"must be ..." when `value` is not a finite number (a whole one with `integer`), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        return "must be a whole number" if integer else "must be a number"
+    if not math.isfinite(value):
+        return "must be a finite number"
+    return None
+
+
+def check_number(name: str, value, integer: bool = False) -> None:
+    """Refuse, in one line naming `name`, a value that is not a finite number (e.g. NaN from Python)."""
+    problem = number_error(value, integer)
+    if problem:
+        raise RnnlmError(f"{name} {problem}, got {value!r}")
+
+
 # What each sampling setting must be: one rule for the config's sample section, the
-# command line, the Python API and the interactive mode.
+# command line, the Python API and the interactive mode. Each is first a finite number
+# (whole, for the counts), then in its range.
 SAMPLING_RULES = {
-    "max_new_tokens": (lambda v: v >= 0, ">= 0"),
-    "temperature": (lambda v: v >= 0, ">= 0 (0 = greedy)"),
-    "top_k": (lambda v: v >= 0, ">= 0"),
-    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "num_samples": (lambda v: v >= 1, "at least 1"),
+    "max_new_tokens": (int, lambda v: v >= 0, ">= 0"),
+    "temperature": (float, lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    "top_k": (int, lambda v: v >= 0, ">= 0"),
+    "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "num_samples": (int, lambda v: v >= 1, "at least 1"),
 }
 
 
 def sampling_error(key: str, value) -> Optional[str]:
     """"must be ..." when `value` is not allowed for the sampling setting `key`, else None."""
-    ok, allowed = SAMPLING_RULES[key]
-    return None if ok(value) else f"must be {allowed}"
+    kind, ok, allowed = SAMPLING_RULES[key]
+    problem = number_error(value, integer=kind is int)
+    return problem or (None if ok(value) else f"must be {allowed}")
 
 
 def check_sampling(settings: dict, name=lambda key: key.replace("_", "-")) -> None:
@@ -60,6 +83,30 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise RnnlmError(f"config: {key} {message}")
 
 
+def finite_numbers(cls):
+    """Class decorator of a config section: before its own checks, every float of the section
+    (also inside a tuple, such as data.split) must be finite. Ranges written as comparisons
+    let NaN through (every comparison with NaN is False), and no setting means anything at
+    infinity (a run limit says so with null)."""
+    section = cls.__name__.removesuffix("Config").lower()
+    own_checks = cls.__post_init__
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (tuple, list)):
+                _check(not any(isinstance(v, float) and not math.isfinite(v) for v in value), f"{section}.{f.name}",
+                       f"must hold finite numbers (not NaN or infinity), got {list(value)}")
+            else:
+                _check(not (isinstance(value, float) and not math.isfinite(value)), f"{section}.{f.name}",
+                       f"must be a finite number (not NaN or infinity), got {value}")
+        own_checks(self)
+
+    cls.__post_init__ = __post_init__
+    return cls
+
+
+@finite_numbers
 @dataclass
 class DataConfig:
     """Where the text comes from and how it is read."""
@@ -106,6 +153,7 @@ class DataConfig:
                              "(try utf-8 or latin-1)") from None
 
 
+@finite_numbers
 @dataclass
 class TokenizerConfig:
     """How text becomes token ids (Hugging Face `tokenizers`, trained on the train split)."""
@@ -126,6 +174,7 @@ class TokenizerConfig:
                    f"must be at least 257 for bpe (256 bytes + merges), got {self.vocab_size}")
 
 
+@finite_numbers
 @dataclass
 class ModelConfig:
     """Embedding -> stacked recurrent layers -> output layer."""
@@ -170,6 +219,7 @@ class ModelConfig:
                    "set them equal or tie_weights: false")
 
 
+@finite_numbers
 @dataclass
 class OptimConfig:
     """Optimizer, learning-rate schedule and gradient clipping."""
@@ -211,6 +261,7 @@ class OptimConfig:
         _check(0 <= self.ema_decay < 1, "optim.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 
+@finite_numbers
 @dataclass
 class TrainConfig:
     """The training loop: batches, length of the run, evaluation, checkpoints, device."""
@@ -280,6 +331,7 @@ class TrainConfig:
                f"must be auto, gloo or nccl, got {self.backend!r}")
 
 
+@finite_numbers
 @dataclass
 class SampleConfig:
     """Defaults for generation from a checkpoint."""
@@ -334,24 +386,36 @@ def _coerce(value: Any, tp, key: str) -> Any:
             return _coerce(value, args[0], key)
         except RnnlmError:
             raise RnnlmError(f"config: {key} must be {_type_name(args[0])} or {AUTO}, got {value!r}") from None
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # PyYAML reads 3e-3 (no dot) as a string; take it as the number it is meant to be.
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float:
+        number = _number(value)
+        if number is not None:
+            return float(number)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str):
         return value
-    if tp is tuple and isinstance(value, (list, tuple)):
-        return tuple(value)
+    if tp is tuple and isinstance(value, (list, tuple)):  # the config's tuples hold numbers (split, betas)
+        numbers_ = [_number(v) for v in value]
+        if all(n is not None for n in numbers_):
+            return tuple(numbers_)
+        raise RnnlmError(f"config: {key} must be a list of numbers, got {list(value)}")
     shown = "null" if value is None else repr(value)
     raise RnnlmError(f"config: {key} must be {_type_name(tp)}, got {shown} ({type(value).__name__})")
+
+
+def _number(value: Any) -> Optional[int | float]:
+    """`value` as an int or float, or None if it is not a number. PyYAML reads 3e-3 (no dot)
+    and nan as strings: they are taken as the numbers they are meant to be."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 # Names other tools use for our keys, so a typo of them still finds the right key.

@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from . import tokenizer as tokenization
-from .errors import RnnlmError
+from .errors import CannotWrite, RnnlmError
 from .files import atomic_write
 from .sizing import vocab_size_for
 
@@ -70,7 +71,7 @@ def download(url: str, path, progress: bool = True) -> Path:
         raise RnnlmError(f"cannot write the download into {path.parent} ({e.strerror}); "
                          "set data.path to a writable place") from None
     try:
-        atomic_write(path, fetch)
+        atomic_write(path, fetch, elsewhere="set data.path to another disk")
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise RnnlmError(f"cannot download {url} ({reason}); {hint}") from None
@@ -341,9 +342,11 @@ def _load_cache(file: Path):
 
 def _save_cache(file: Path, entry: dict) -> None:
     # Atomic, so concurrent runs never see half a file. A cache that cannot be written
-    # only costs time on the next run.
+    # (a full disk) only costs time on the next run: one warning line, and on.
     try:
-        atomic_write(file, lambda f: torch.save(entry, f))
+        atomic_write(file, lambda f: torch.save(entry, f), elsewhere="set data.cache_dir to another disk")
+    except CannotWrite as e:
+        warnings.warn(f"token cache not saved (the next run tokenizes again): {e}", stacklevel=2)
     except OSError:
         pass
 

@@ -159,7 +159,7 @@ def format_table(curves: list[Curve], distances=(0, 1, 5, 10, 20, 50, 100, 200, 
 def plot_gradient_flow(curves: list[Curve], out, *, clip_runs: Optional[list[ClipRun]] = None,
                        clip: Optional[float] = None, title: str = "") -> None:
     """One log-scale panel per group of curves, plus a panel of the clipping runs."""
-    from rnnlm.plots import pyplot
+    from rnnlm.plots import pyplot, save_figure
 
     plt = pyplot()
     groups = list(dict.fromkeys(c.group for c in curves))
@@ -201,5 +201,4 @@ def plot_gradient_flow(curves: list[Curve], out, *, clip_runs: Optional[list[Cli
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    save_figure(fig, out, dpi=80)

@@ -19,7 +19,7 @@ import torch
 
 from rnnlm import tokenizer as tokenization
 from rnnlm.checkpoint import load_checkpoint
-from rnnlm.config import Config, config_from_dict
+from rnnlm.config import Config, check_number, config_from_dict
 from rnnlm.device import resolve_device
 from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import score_text
@@ -51,6 +51,8 @@ class LoadedModel:
 
     def next_words(self, prompt: str, k: int = 10, *, beam: int = 16) -> list[tuple[str, float]]:
         """The k most likely next words after `prompt`, as (word, probability) pairs (see predict.py)."""
+        check_number("k", k, integer=True)
+        check_number("beam", beam, integer=True)
         return next_words(self, prompt, k, beam=beam)
 
     def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None,
@@ -61,6 +63,8 @@ class LoadedModel:
         and ``dynamic_rms`` (training tokens for the gradient RMS) as in
         `rnnlm.evaluate.evaluate_ids_dynamic` (one stream; the model itself is not changed).
         """
+        for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("dynamic_rms", dynamic_rms)):
+            check_number(name, value, integer=True)  # dynamic_lr and dynamic_decay: evaluate_ids_dynamic
         return score_text(self, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr,
                           dynamic_decay=dynamic_decay, dynamic_rms=dynamic_rms)
 

@@ -23,7 +23,7 @@ from typing import Optional
 import yaml
 
 from rnnlm.errors import RnnlmError
-from rnnlm.files import read_jsonl
+from rnnlm.files import atomic_write, read_jsonl
 
 PLOT_NAME = "training.png"
 MATPLOTLIB_MISSING = "matplotlib is not installed; pip install matplotlib (a dependency of rnnlm: reinstall with pip install -e .) to draw plots"
@@ -101,10 +101,18 @@ def plot_run(run_dir, out: Optional[str | Path] = None) -> Path:
     fig.tight_layout()
 
     out = Path(out) if out is not None else run_dir / PLOT_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100, elsewhere=f"draw it elsewhere with: rnnlm plot {run_dir} --out FILE")
     return out
+
+
+def save_figure(fig, out: str | Path, dpi: int, elsewhere: str = "pass another --out") -> None:
+    """Write a matplotlib figure as a PNG, atomically (a full disk leaves the old picture and
+    is one line, see files.atomic_write), and close it."""
+    plt = pyplot()
+    try:
+        atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=dpi), elsewhere=elsewhere)
+    finally:
+        plt.close(fig)
 
 
 def plot_run_quietly(run_dir) -> Optional[Path]:

@@ -8,13 +8,14 @@ resumed run must keep the settings its checkpoint's weights and data position de
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 from rnnlm import distributed as ddp
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.config import AUTO, Config, config_from_dict, config_to_dict
-from rnnlm.errors import RnnlmError
+from rnnlm.errors import CannotWrite, RnnlmError
 from rnnlm.files import append_jsonl, read_jsonl, remove_temporaries, write_text_atomic
 from rnnlm.plots import log_to_tensorboard, open_tensorboard
 
@@ -95,21 +96,34 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept), elsewhere="set train.out_dir to another disk")
 
 
 class MetricsLog:
-    """Appends records to out_dir/metrics.jsonl (and TensorBoard); only the main process writes."""
+    """Appends records to out_dir/metrics.jsonl (and TensorBoard); only the main process writes.
+
+    A record that cannot be appended (a full disk) is a warning, once until appending works
+    again, not the end of the run: the log is worth less than the training, and the next
+    checkpoint that cannot be written stops the run, saying which one holds its progress.
+    """
 
     def __init__(self, out: Path, tensorboard: bool):
         self.path = out / "metrics.jsonl"
         self.enabled = ddp.is_main()
         self.tensorboard = open_tensorboard(out) if tensorboard and self.enabled else None
+        self.failing = False  # the last append failed (and was warned about)
 
     def __call__(self, record: dict) -> None:
         if not self.enabled:
             return
-        append_jsonl(self.path, record)
+        try:
+            append_jsonl(self.path, record, elsewhere="set train.out_dir to another disk")
+            self.failing = False
+        except CannotWrite as e:
+            if not self.failing:
+                print(f"warning: {e.what}; training goes on without these records (from step "
+                      f"{record.get('step')}) until there is room; {e.fix}", file=sys.stderr)
+            self.failing = True
         if self.tensorboard is not None:
             log_to_tensorboard(self.tensorboard, record)
 

@@ -33,7 +33,7 @@ from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from rnnlm.config import Config, config_to_dict, dump_config
 from rnnlm.data import Corpus, batchify, check_enough_tokens, check_scorable, corpus_from_config, get_batch
 from rnnlm.device import autocast_context, choose_precision, resolve_device
-from rnnlm.errors import RnnlmError, TrainingInterrupted
+from rnnlm.errors import CannotWrite, RnnlmError, TrainingInterrupted
 from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
 from rnnlm.files import write_text_atomic
 from rnnlm.model import RNNLM, State, count_parameters, detach_state, lm_loss
@@ -44,6 +44,7 @@ from rnnlm.sizing import fit_to_corpus
 from rnnlm.train_state import TrainState, all_finite, nonfinite_tensors
 
 LIMIT_NEEDED = "training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes"
+ELSEWHERE = "set train.out_dir to another disk"  # the way out of a full run directory
 
 
 def train(cfg: Config) -> dict:
@@ -90,6 +91,7 @@ class Trainer:
         self.state = TrainState()
         self.last_good: Optional[Path] = None  # the newest good last.pt and its step
         self.last_good_step = 0
+        self.best_on_disk = math.inf  # the validation loss of the best.pt on disk
         self.bad_in_a_row = 0
         self.run_start = time.perf_counter()
         self.stop_signal: list[int] = []  # SIGINT/SIGTERM received, see stop_on_signals
@@ -172,11 +174,12 @@ class Trainer:
             self.scaler.load_state_dict(resume["scaler"])
         self.state = TrainState.from_checkpoint(resume, self.device)  # last: it restores the RNG
         self.last_good, self.last_good_step = self.out / "last.pt", self.state.step
+        self.best_on_disk = self.state.best_val_loss
 
     def _announce(self, resuming: bool) -> None:
         tc = self.tc
-        write_text_atomic(self.out / "config.yaml", dump_config(self.cfg))
-        write_text_atomic(self.out / "tokenizer.json", tokenization.to_json(self.corpus.tokenizer))
+        write_text_atomic(self.out / "config.yaml", dump_config(self.cfg), elsewhere=ELSEWHERE)
+        write_text_atomic(self.out / "tokenizer.json", tokenization.to_json(self.corpus.tokenizer), elsewhere=ELSEWHERE)
         print(dump_config(self.cfg).rstrip())
         print(f"device {self.device} | precision {self.precision} ({self.precision_reason}) | "
               f"vocab {self.vocab_size} | {count_parameters(self.model):,} parameters | "
@@ -378,7 +381,7 @@ class Trainer:
                              f"{self.state.step}; {where}; lower optim.lr or set optim.clip_grad_norm")
         state = self.state.checkpoint_fields(self.device)
         if ddp.is_main():
-            save_checkpoint(path, {
+            checkpoint = {
                 "format_version": CHECKPOINT_FORMAT,
                 "model": unwrap_model(self.eval_model).state_dict(),
                 **({"trained_model": self.model.state_dict(), "ema_updates": ema.updates} if ema is not None else {}),
@@ -389,8 +392,39 @@ class Trainer:
                 "vocab_size": self.vocab_size,
                 **state,
                 "text_hash": self.corpus.text_hash,
-            })
+            }
+            try:
+                save_checkpoint(path, checkpoint, elsewhere=ELSEWHERE)
+            except CannotWrite as failed:
+                raise RnnlmError(self._stop_without_room(failed, checkpoint)) from None
+            if path.name == "best.pt":
+                self.best_on_disk = self.state.best_val_loss
         ddp.barrier()  # nobody reads the file before it is complete
+
+    def _stop_without_room(self, failed: CannotWrite, checkpoint: dict) -> str:
+        """The line training stops with when a checkpoint cannot be written (a full disk, ...).
+
+        Saves what it can first: when best.pt failed, the same state goes to last.pt (which
+        replaces a file already there, so it may still fit), remembering the best.pt on disk
+        as the best so far, so the resumed run writes best.pt again at its next validation.
+        The line names the checkpoint that holds the progress, and its step.
+        """
+        s, last = self.state, self.out / "last.pt"
+        saved = ""
+        if failed.path != last:
+            try:
+                save_checkpoint(last, {**checkpoint, "best_val_loss": self.best_on_disk}, elsewhere=ELSEWHERE)
+                self.last_good, self.last_good_step = last, s.step
+                saved = f"saved {last} (step {s.step}) instead; "
+            except CannotWrite:
+                saved = f"{last.name} could not be written either; "
+        if self.last_good is None:
+            return (f"{failed.what}; training stopped after step {s.step}; {saved}no checkpoint was written; "
+                    f"{failed.fix} or {ELSEWHERE}, then train again")
+        where = "" if self.last_good_step == s.step and saved.startswith("saved") else \
+            f"the last good checkpoint is {self.last_good} (step {self.last_good_step}); "
+        return (f"{failed.what}; training stopped after step {s.step}; {saved}{where}"
+                f"{failed.fix}, then continue with: rnnlm train --resume {self.out}")
 
     # --- the end
 

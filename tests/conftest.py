@@ -157,3 +157,28 @@ def untrained_lm(kind: str = "char", hidden_size: int = 16, seed: int = 0):
     torch.manual_seed(seed)
     model = RNNLM(tok.get_vocab_size(), cfg.model).eval()
     return LoadedModel(model, tok, cfg, torch.device("cpu"), 0)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 1 MiB tmpfs, for tests of a really full disk (root only: skipped
+    elsewhere, where the tests that make the writer fail cover the same ground)."""
+    import subprocess
+
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def small_disk_free(folder: Path) -> int:
+    """Bytes free on the file system of `folder`."""
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize

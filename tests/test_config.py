@@ -155,3 +155,111 @@ def test_bad_split_fractions_are_one_line(value, problem):
     with pytest.raises(RnnlmError) as e:
         load_config(None, [f"data.split={value}"])
     assert str(e.value) == f"config: data.split {problem}"
+
+
+# ---------------------------------------------------------------------------------------
+# NaN and infinity: refused in every number of every section, whichever way it is given.
+# The fields are found by introspection, so a field added later is covered too.
+
+
+def number_fields() -> list[tuple[str, object]]:
+    """(section.key, a valid value) for every float field and every tuple of numbers."""
+    import dataclasses
+    import typing
+
+    defaults = config_to_dict(Config())
+    found = []
+    for section in dataclasses.fields(Config):
+        for key, tp in typing.get_type_hints(typing.get_type_hints(Config)[section.name]).items():
+            if float in (tp, *typing.get_args(tp)) or tp is tuple:
+                default = defaults[section.name][key]
+                found.append((f"{section.name}.{key}", default if default is not None else 1.0))
+    return found
+
+
+NUMBER_FIELDS = number_fields()
+NOT_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+YAML_SPELLING = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}
+
+
+def test_number_fields_are_found():
+    keys = [key for key, _ in NUMBER_FIELDS]
+    for key in ("optim.lr", "optim.betas", "model.dropout", "data.split", "train.max_minutes", "sample.top_p"):
+        assert key in keys
+    assert "train.max_steps" not in keys  # an int: the type check refuses a float there
+
+
+@pytest.mark.parametrize("key, valid", NUMBER_FIELDS, ids=[k for k, _ in NUMBER_FIELDS])
+@pytest.mark.parametrize("name", NOT_FINITE)
+def test_nan_and_infinity_are_refused_in_every_number_field(tmp_path, key, valid, name):
+    section, field = key.split(".")
+    bad = NOT_FINITE[name]
+    if isinstance(valid, list):  # a tuple of numbers: the first one is bad
+        value, shown, what = [bad, *valid[1:]], str([bad, *valid[1:]]), "hold finite numbers"
+        override, spelled = f"{key}={[name, *valid[1:]]}".replace("'", ""), f"[{YAML_SPELLING[name]}, " + \
+            ", ".join(map(str, valid[1:])) + "]"
+    else:
+        value, shown, what = bad, name, "be a finite number"
+        override, spelled = f"{key}={name}", YAML_SPELLING[name]
+    expected = f"config: {key} must {what} (not NaN or infinity), got {shown}"
+    yaml_file = tmp_path / "bad.yaml"
+    yaml_file.write_text(f"{section}:\n  {field}: {spelled}\n", encoding="utf-8")
+    for make in (lambda: config_from_dict({section: {field: value}}),   # the Python API
+                 lambda: load_config(None, [override]),                  # a command-line override
+                 lambda: load_config(yaml_file)):                        # a YAML file
+        with pytest.raises(RnnlmError) as e:
+            make()
+        assert str(e.value) == expected
+
+
+def test_a_section_built_directly_refuses_nan_too():
+    import math
+
+    from rnnlm.config import OptimConfig, TrainConfig
+
+    with pytest.raises(RnnlmError, match=r"^config: optim.lr must be a finite number \(not NaN or infinity\), got inf$"):
+        OptimConfig(lr=math.inf)
+    with pytest.raises(RnnlmError, match=r"^config: train.max_epochs must be a finite number"):
+        TrainConfig(max_epochs=math.nan)
+
+
+def test_a_list_setting_of_things_that_are_not_numbers_is_one_line():
+    assert _error("optim.betas=[fast, 0.99]") == "config: optim.betas must be a list of numbers, got ['fast', 0.99]"
+    assert load_config(None, ["data.split=[8e-1, 1e-1, 1e-1]"]).data.split == (0.8, 0.1, 0.1)  # YAML's strings
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("temperature", float("nan"), "must be a finite number"), ("temperature", float("inf"), "must be a finite number"),
+    ("top_p", float("nan"), "must be a finite number"), ("top_p", float("-inf"), "must be a finite number"),
+    ("max_new_tokens", float("inf"), "must be a whole number"), ("top_k", 2.5, "must be a whole number"),
+    ("num_samples", float("nan"), "must be a whole number"), ("temperature", "0.7", "must be a number"),
+])
+def test_sampling_settings_must_be_finite_numbers(key, value, problem):
+    assert sampling_error(key, value) == problem
+
+
+def test_the_python_api_and_the_prompt_refuse_nan_and_infinity():
+    import math
+
+    from rnnlm.interactive import apply_command
+    from tests.conftest import untrained_lm
+
+    lm = untrained_lm()
+    for kwargs, line in [({"temperature": math.nan}, "temperature must be a finite number, got nan"),
+                         ({"top_p": math.inf}, "top-p must be a finite number, got inf"),
+                         ({"max_new_tokens": math.inf}, "max-new-tokens must be a whole number, got inf")]:
+        with pytest.raises(RnnlmError) as e:
+            lm.generate("The army", **kwargs)
+        assert str(e.value) == line
+    for kwargs, line in [({"dynamic_lr": math.nan}, "dynamic evaluation needs a learning rate >= 0 (dynamic_lr), got nan"),
+                         ({"dynamic_lr": 0.1, "dynamic_decay": math.inf},
+                          "dynamic evaluation needs a decay in [0, 1) (dynamic_decay), got inf"),
+                         ({"seq_len": math.nan}, "seq_len must be a whole number, got nan"),
+                         ({"dynamic_lr": 0.1, "dynamic_rms": math.inf}, "dynamic_rms must be a whole number, got inf")]:
+        with pytest.raises(RnnlmError) as e:
+            lm.score("The army crossed the river at dawn.", **kwargs)
+        assert str(e.value) == line
+    with pytest.raises(RnnlmError, match="^k must be a whole number, got nan$"):
+        lm.next_words("The army", k=math.nan)
+    assert apply_command("/temperature nan", {"temperature": 0.8}) == "/temperature must be a finite number, got nan"
+    assert apply_command("/top-p inf", {"top_p": 1.0}) == "/top-p must be a finite number, got inf"

@@ -208,7 +208,9 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("options, message", [
     (["--temperature", "-1"], "--temperature must be >= 0 (0 = greedy), got -1.0"),
-    (["--temperature", "hot"], "argument --temperature: invalid float value: 'hot' (see rnnlm generate --help)"),
+    (["--temperature", "hot"], "argument --temperature: must be a number, got 'hot' (see rnnlm generate --help)"),
+    (["--temperature", "nan"], "argument --temperature: must be a finite number (not NaN or infinity), got 'nan' "
+                               "(see rnnlm generate --help)"),
     (["--top-k", "-1"], "--top-k must be >= 0, got -1"),
     (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
     (["--num-samples", "0"], "--num-samples must be at least 1, got 0"),
@@ -220,6 +222,55 @@ def test_bad_generate_options(checkpoints, capsys, options, message):
     line = cli_line(capsys, ["generate", "--checkpoint", checkpoints["char"], *options], quiet=True)
     assert line == f"error: {message}"  # and nothing printed before it
     print(line)
+
+
+def float_options() -> list[tuple[str, str]]:
+    """(command, option) for every option of every command that takes a number with a point."""
+    from rnnlm.cli import COMMANDS, ArgumentParser, finite_float
+
+    found = []
+    for command, (add_args, _, _) in COMMANDS.items():
+        parser = ArgumentParser(prog=f"rnnlm {command}")
+        add_args(parser)
+        for action in parser._actions:
+            assert action.type is not float, f"rnnlm {command} {action.option_strings[0]}: use type=finite_float"
+            if action.type is finite_float:
+                found.append((command, action.option_strings[-1]))
+    return found
+
+
+FLOAT_OPTIONS = float_options()
+
+
+def test_the_float_options_are_found():
+    assert {("generate", "--temperature"), ("generate", "--top-p"), ("evaluate", "--dynamic"),
+            ("evaluate", "--dynamic-decay"), ("gradient-flow", "--lr")} <= set(FLOAT_OPTIONS)
+
+
+@pytest.mark.parametrize("command, option", FLOAT_OPTIONS, ids=lambda x: x)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_every_float_option_refuses_nan_and_infinity(capsys, command, option, value):
+    # The number is checked as the command line is read: before any checkpoint is loaded.
+    line = cli_line(capsys, [command, f"{option}={value}", "--checkpoint", "never-read.pt"], quiet=True)
+    assert line == (f"error: argument {option}: must be a finite number (not NaN or infinity), got {value!r} "
+                    f"(see rnnlm {command} --help)")
+
+
+def test_generate_temperature_nan_on_a_checkpoint_is_one_line(checkpoints, capsys):
+    line = cli_line(capsys, ["generate", "--checkpoint", checkpoints["char"], "--temperature", "nan"], quiet=True)
+    assert line == ("error: argument --temperature: must be a finite number (not NaN or infinity), got 'nan' "
+                    "(see rnnlm generate --help)")
+
+
+@pytest.mark.parametrize("override, key, shown", [
+    ("optim.lr=nan", "optim.lr", "nan"), ("train.max_minutes=.inf", "train.max_minutes", "inf"),
+    ("data.split=[.nan, 0.1, 0.1]", "data.split", "[nan, 0.1, 0.1]"),
+])
+def test_train_refuses_nan_and_infinity_in_overrides(tmp_path, text_file, capsys, override, key, shown):
+    what = "hold finite numbers" if key == "data.split" else "be a finite number"
+    assert train_error(capsys, tmp_path, text_file, override) == \
+        f"error: config: {key} must {what} (not NaN or infinity), got {shown}"
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_bad_prompt_file(checkpoints, capsys, tmp_path):

@@ -210,7 +210,7 @@ def test_evaluate_command_dynamic(trained, tmp_path, capsys):
                          (["--dynamic-decay", "0.1"], "add --dynamic LR"),
                          (["--dynamic", "0.1", "--dynamic-decay", "1"], "--dynamic-decay must be in [0, 1)"),
                          (["--dynamic", "0.1", "--dynamic-rms", "-5"], "--dynamic-rms must be a number of tokens"),
-                         (["--dynamic", "nan"], "--dynamic must be a learning rate >= 0"),
+                         (["--dynamic", "nan"], "argument --dynamic: must be a finite number"),
                          (["--dynamic", "0.1", "--batch-size", "4"], "one stream: leave out --batch-size")):
         assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), *bad]) != 0
         err = capsys.readouterr().err
