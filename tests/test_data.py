@@ -354,7 +354,9 @@ def test_a_single_file_reads_as_before(tmp_path):
     assert data.read_documents([path]) == data.clean_text(data.read_text(path))
 
 
-def test_a_folder_trains_and_says_what_it_read(tmp_path, capsys):
+@pytest.mark.parametrize("source", ["folder", "glob"])
+def test_a_folder_or_glob_trains_evaluates_and_resumes(tmp_path, capsys, source):
+    from rnnlm.cli import main
     from rnnlm.train import train
     from tests.conftest import tiny_config
 
@@ -364,9 +366,14 @@ def test_a_folder_trains_and_says_what_it_read(tmp_path, capsys):
     half = len(text) // 2
     (folder / "01.txt").write_text(text[:half], encoding="utf-8")
     (folder / "02.txt").write_text(text[half:], encoding="utf-8")
-    result = train(tiny_config(tmp_path, folder, "train.max_steps=3"))
+    (folder / "notes.md").write_text("not part of the corpus\n", encoding="utf-8")
+    path = folder if source == "folder" else folder / "*.txt"
+    result = train(tiny_config(tmp_path, path, "train.max_steps=3", "train.checkpoint_every=3"))
     assert result["steps"] == 3
-    assert f"data: 2 files from {folder}, split " in capsys.readouterr().out
+    assert f"data: 2 files from {path}, split " in capsys.readouterr().out
+    result = train(tiny_config(tmp_path, path, "train.max_steps=5", "train.resume=true"))
+    assert result["steps"] == 5 and result["test"]["chars"] > 0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test"]) == 0
 
 
 # --- split fractions ---------------------------------------------------------------------
