@@ -27,7 +27,7 @@ def test_word_tokenizer_gives_the_softmax_of_the_next_token(tokenizer_models):
         probs = torch.softmax(lm.model(torch.tensor([ids]))[0][0, -1], dim=-1)
     top = torch.topk(probs, 5)
     assert [w for w, _ in words] == [tokenization.decode(lm.tokenizer, [i]) for i in top.indices.tolist()]
-    assert [p for _, p in words] == pytest.approx(top.values.tolist())
+    assert [p for _, p in words] == pytest.approx(top.values.tolist(), rel=1e-5)  # chunked priming: float rounding
     assert words[0][0] == "the"  # the text always says "Emperor of the French"
 
 
