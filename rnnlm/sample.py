@@ -57,10 +57,9 @@ def encode_prompt(tok, prompt: str) -> list[int]:
         raise RnnlmError("the prompt encodes to no tokens; give some text with --prompt")
     unk = tokenization.unk_id(tok)
     if unk is not None and unk in ids:
-        enc = tok.encode(prompt, add_special_tokens=False)
-        unknown = [prompt[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk]
-        shown = ", ".join(repr(w) for w in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        warnings.warn(f"{len(unknown) or ids.count(unk)} prompt token(s) unknown to this tokenizer "
+        unknown = tokenization.unknown_words(tok, prompt)
+        shown = ", ".join(repr(w) for w in unknown) + (", ..." if ids.count(unk) > len(unknown) else "")
+        warnings.warn(f"{ids.count(unk)} prompt token(s) unknown to this tokenizer "
                       f"({shown}) were replaced by {tokenization.UNK}", stacklevel=2)
     return ids
 

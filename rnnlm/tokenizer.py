@@ -164,6 +164,18 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
     return ids
 
 
+def unknown_words(tok: Tokenizer, text: str, limit: int = 5) -> list[str]:
+    """The first `limit` pieces of ``text`` that encode to ``<unk>`` (read chunk by chunk,
+    stopping once found, so a whole book is not encoded again to name a few)."""
+    unk, found = unk_id(tok), []
+    for piece in _chunks(text):
+        enc = tok.encode(piece, add_special_tokens=False)
+        found += [piece[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk]
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
 def decode(tok: Tokenizer, ids) -> str:
     """Text of a sequence of token ids (``<unk>`` is kept, shown as ``<unk>``)."""
     if hasattr(ids, "tolist"):
