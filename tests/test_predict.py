@@ -9,6 +9,7 @@ import torch
 from rnnlm import tokenizer as tokenization
 from rnnlm.cli import main
 from rnnlm.predict import PUNCT, WORD, next_words, token_class
+from tests.conftest import scripted_lm
 
 PROMPT = "Napoleon was the Emperor of"
 
@@ -83,3 +84,15 @@ def test_predict_command_errors(tokenizer_runs, capsys):
     assert main(["predict", "--checkpoint", "nope.pt", PROMPT]) == 2
     assert main(["predict", "--checkpoint", str(tokenizer_runs["char"]), "-k", "0", PROMPT]) == 2
     assert capsys.readouterr().err.count("error: ") == 2
+
+
+def test_a_word_is_never_cut_inside_a_character():
+    # After the prompt the model is sure of the first byte of "Н" (d0 9d), then rates a
+    # full stop above the second byte: cut there, the word would be half a character.
+    lm = scripted_lm([b"\xd0", b".", b"."], runner_up={1: b"\x9d"})
+    words = next_words(lm, "Вот ", 3)
+    assert words[0][0] == "Н"  # before: "\ufffd", the lone first byte
+    V = lm.model.vocab_size  # every other token has logit 0
+    first, second = math.exp(10) / (math.exp(10) + V - 1), math.exp(9) / (math.exp(10) + math.exp(9) + V - 2)
+    assert words[0][1] == pytest.approx(first * second, rel=0.02)  # and then almost surely the full stop
+    assert all(not w.endswith("\ufffd") for w, _ in words)
