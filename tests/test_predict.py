@@ -8,8 +8,9 @@ import torch
 
 from rnnlm import tokenizer as tokenization
 from rnnlm.cli import main
-from rnnlm.predict import PUNCT, WORD, next_words, token_class
-from tests.conftest import scripted_lm
+from rnnlm.inference import load_model
+from rnnlm.predict import PUNCT, WORD, format_table, next_words, token_class
+from tests.conftest import scripted_lm, small_text
 
 PROMPT = "Napoleon was the Emperor of"
 
@@ -78,6 +79,24 @@ def test_predict_command_prints_a_table(tokenizer_runs, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["#", "next", "word", "probability"] and len(lines) == 5
     assert lines[2].split()[:2] == ["1", "the"] and 0 < float(lines[2].split()[-1]) <= 1
+
+
+def test_predict_and_generate_read_a_long_prompt_from_a_file(tokenizer_runs, tmp_path, capsys):
+    # A prompt of over 100,000 characters (more than one command-line argument may hold
+    # on Linux), primed in chunks.
+    path = tmp_path / "long.txt"
+    text = small_text(900) + PROMPT
+    path.write_text(text, encoding="utf-8")
+    assert len(text) > 100_000
+    checkpoint = str(tokenizer_runs["bpe"])
+    assert main(["predict", "--checkpoint", checkpoint, "-k", "3", "--prompt-file", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert table == format_table(next_words(load_model(checkpoint, "cpu"), text, 3)) + "\n"
+    assert main(["generate", "--checkpoint", checkpoint, "--prompt-file", str(path), "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith(text)
+    assert main(["predict", "--checkpoint", checkpoint, "--prompt-file", str(path), PROMPT]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_predict_command_errors(tokenizer_runs, capsys):
