@@ -372,7 +372,8 @@ def _gradient_flow_windows(args: argparse.Namespace, cfg, trained: list):
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.epilog = PREDICT_EPILOG
-    p.add_argument("prompt", help="text whose next word is predicted")
+    p.add_argument("prompt", nargs="?", help="text whose next word is predicted ('-' reads stdin)")
+    p.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (a long text: a book)")
     p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
     p.add_argument("-k", "--top-k", type=int, default=10, help="how many words to list (default 10)")
     p.add_argument("--beam", type=int, default=16,
@@ -392,8 +393,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1 or args.beam < 1:
         raise RnnlmError("-k/--top-k and --beam must be at least 1")
+    if args.prompt is not None and args.prompt_file:
+        raise RnnlmError("give the prompt either as an argument or with --prompt-file, not both")
+    prompt = read_prompt(args, "")
     lm = load_model(args.checkpoint, args.device)
-    print(format_table(next_words(lm, args.prompt, args.top_k, beam=max(args.beam, args.top_k))))
+    print(format_table(next_words(lm, prompt, args.top_k, beam=max(args.beam, args.top_k))))
     return 0
 
 

@@ -91,6 +91,12 @@ class RNNLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, state: Optional[State] = None):
         """idx (B, T) token ids -> logits (B, T, V) and the state after the last step."""
+        x, new_state = self.features(idx, state)
+        return self.decoder(x), new_state
+
+    def features(self, idx: torch.Tensor, state: Optional[State] = None):
+        """idx (B, T) token ids -> the last layer's output (B, T, H), before the output
+        layer, and the state after the last step."""
         if state is None:
             state = self.init_state(idx.size(0), idx.device)
         weight = embedding_dropout(self.embedding.weight, self.cfg.embed_dropout, self.training)
@@ -102,8 +108,7 @@ class RNNLM(nn.Module):
             x, layer_state = layer(x, layer_state)  # (T, B, H)
             x = self.drop(x)
             new_state.append(layer_state)
-        logits = self.decoder(x.transpose(0, 1))  # (B, T, V)
-        return logits, new_state
+        return x.transpose(0, 1), new_state  # (B, T, H)
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, state: State):
@@ -131,6 +136,34 @@ class RNNLM(nn.Module):
             return torch.addmm(b, x, w_t), new_state  # W_hy h + b_y
 
         return step
+
+
+# Prompt tokens per forward pass when priming (`prime`): enough for the recurrent layers'
+# batched input projections to pay off, small enough that a chunk's activations
+# (a few times chunk x hidden_size floats per layer) stay a few MB.
+PRIME_CHUNK = 1024
+
+
+@torch.no_grad()
+def prime(model: RNNLM, ids: torch.Tensor, state: Optional[State] = None,
+          chunk: int = PRIME_CHUNK) -> tuple[torch.Tensor, State]:
+    """Read a prompt: ids (B, P) -> the logits after its last token (B, V) and the state.
+
+    The same as ``logits, state = model(ids)`` then ``logits[:, -1]``, but the memory
+    does not grow with P and the time grows linearly: the recurrent layers read the
+    prompt `chunk` tokens at a time, carrying the state, and only the last position goes
+    through the output layer (V logits per token would be most of the memory).
+    """
+    if ids.size(1) == 0:
+        raise ValueError("prime needs at least one token")
+    for start in range(0, ids.size(1), chunk):
+        h, state = model.features(ids[:, start:start + chunk], state)  # (B, <=chunk, H)
+    return model.decoder(h[:, -1]), state
+
+
+def select_state(state: State, rows: torch.Tensor) -> State:
+    """The state of the given batch rows (B,) -> (len(rows), ...); rows may repeat."""
+    return [tuple(t[rows] for t in layer) for layer in state]
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

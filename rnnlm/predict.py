@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rnnlm import tokenizer as tokenization
+from rnnlm.model import prime, select_state
 from rnnlm.sample import encode_prompt
 
 # Token classes, by the decoded text of the token alone.
@@ -74,8 +75,8 @@ def next_words(lm, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int 
     model.eval()
     step = model.stepper()
     ids = encode_prompt(lm.tokenizer, prompt)
-    logits, state = model(torch.tensor([ids], device=lm.device))  # (1, P, V)
-    logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (1, V)
+    logits, state = prime(model, torch.tensor([ids], device=lm.device))  # (1, V)
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (1, V)
     if tokenization.tokenizer_kind(lm.tokenizer) == "word":
         top = torch.topk(logprobs[0], min(k, logprobs.size(-1)))
         return [(tokenization.decode(lm.tokenizer, [i]), float(p.exp()))
@@ -91,6 +92,10 @@ def next_words(lm, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int 
     may_start_after_prompt = may_start & ~continues_word if is_word_char(prompt[-1]) else may_start
 
     finished: dict[str, float] = {}
+    table = tokenization.token_bytes(lm.tokenizer)
+
+    def mid_character(ids: list[int]) -> bool:
+        return tokenization.ends_mid_character(table, ids)
 
     def finish(word: str, p: float) -> None:
         finished[word] = finished.get(word, 0.0) + p
@@ -100,7 +105,9 @@ def next_words(lm, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int 
         candidates = []  # (logprob of the longer partial word, parent index, token id)
         for b, part in enumerate(partials):
             lp = logprobs[b]  # (V,)
-            if part.text.strip():  # inside a word: it ends here, or goes on with a word token
+            if mid_character(part.ids):  # a byte-level token cut a character: it must go on
+                allowed = continues_word
+            elif part.text.strip():  # inside a word: it ends here, or goes on with a word token
                 finish(part.text.strip(), math.exp(part.logprob) * float(lp[ends_word].exp().sum()))
                 allowed = continues_word
             else:  # before the word: whitespace, the start of a word, or a punctuation "word"
@@ -118,7 +125,7 @@ def next_words(lm, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int 
             break
         parents = torch.tensor([b for _, b, _ in candidates], device=lm.device)
         tokens = torch.tensor([i for _, _, i in candidates], device=lm.device)
-        state = [tuple(t[parents] for t in layer) for layer in state]  # the state of each one's parent
+        state = select_state(state, parents)  # the state of each one's parent
         logits, state = step(tokens, state)  # (N, V)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         partials = [_Partial(partials[b].ids + [i], tokenization.decode(lm.tokenizer, partials[b].ids + [i]), lp)

@@ -1,6 +1,6 @@
-"""Generation: prime the network with the prompt in one pass, then sample token by token.
+"""Generation: prime the network with the prompt, then sample token by token.
 
-    logits, state = model(prompt_ids)          # the whole prompt in one forward pass
+    logits, state = prime(model, prompt_ids)   # the prompt in chunks, once for all samples
     repeat max_new_tokens times:
         p = softmax(logits / temperature)      # filtered by top-k and top-p
         token ~ p                              # (temperature 0: the most likely token)
@@ -20,6 +20,7 @@ import torch
 from rnnlm import tokenizer as tokenization
 from rnnlm.config import check_sampling
 from rnnlm.errors import RnnlmError
+from rnnlm.model import prime, select_state
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -56,12 +57,17 @@ def encode_prompt(tok, prompt: str) -> list[int]:
         raise RnnlmError("the prompt encodes to no tokens; give some text with --prompt")
     unk = tokenization.unk_id(tok)
     if unk is not None and unk in ids:
-        enc = tok.encode(prompt, add_special_tokens=False)
-        unknown = [prompt[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk]
-        shown = ", ".join(repr(w) for w in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        warnings.warn(f"{len(unknown) or ids.count(unk)} prompt token(s) unknown to this tokenizer "
+        unknown = tokenization.unknown_words(tok, prompt)
+        shown = ", ".join(repr(w) for w in unknown) + (", ..." if ids.count(unk) > len(unknown) else "")
+        warnings.warn(f"{ids.count(unk)} prompt token(s) unknown to this tokenizer "
                       f"({shown}) were replaced by {tokenization.UNK}", stacklevel=2)
     return ids
+
+
+# After max_new_tokens, a sample whose last token ended inside a UTF-8 character gets up
+# to this many more tokens to finish it (a character has at most 4 bytes and every token
+# adds at least one); what is still cut after that is dropped.
+FINISH_CHARACTER_TOKENS = 3
 
 
 @torch.no_grad()
@@ -70,7 +76,11 @@ def generate(lm, prompt: str, *, max_new_tokens: int = 100, temperature: float =
              on_text: Optional[Callable[[str], None]] = None) -> list[str]:
     """Continue `prompt` `num_samples` times; returns the continuations (without the prompt).
 
-    With `on_text`, the first sample's new text is passed on piece by piece as it is made.
+    With `on_text`, the first sample's new text is passed on piece by piece as it is made;
+    the pieces joined are the first continuation. Neither ever holds part of a character
+    (see tokenizer.TextStream): a byte-level token that ends inside one is held back, and
+    a sample stopped there by max_new_tokens gets up to FINISH_CHARACTER_TOKENS more
+    tokens to complete it, else the cut character is dropped.
     """
     check_sampling({"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
                     "top_p": top_p, "num_samples": num_samples})
@@ -82,29 +92,30 @@ def generate(lm, prompt: str, *, max_new_tokens: int = 100, temperature: float =
     generator = None
     if seed is not None:
         generator = torch.Generator(device=lm.device).manual_seed(seed)
-    ids = encode_prompt(lm.tokenizer, prompt)
-    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=lm.device)  # (S, P)
+    ids = torch.tensor([encode_prompt(lm.tokenizer, prompt)], dtype=torch.long, device=lm.device)  # (1, P)
     lm.model.eval()
-    logits, state = lm.model(idx)  # the prompt in one pass
-    logits = logits[:, -1]  # (S, V)
-    new = [[] for _ in range(num_samples)]
-    shown = ""
+    logits, state = prime(lm.model, ids)  # read once, in chunks, for all samples
+    rows = torch.zeros(num_samples, dtype=torch.long, device=lm.device)
+    logits, state = logits[rows], select_state(state, rows)  # (S, V)
+    table = tokenization.token_bytes(lm.tokenizer)
+    streams = [tokenization.TextStream(lm.tokenizer, table) for _ in range(num_samples)]
     step = lm.model.stepper()  # weights laid out for one-token steps once, not every token
-    for _ in range(max_new_tokens):
+    for n in range(max_new_tokens + FINISH_CHARACTER_TOKENS):
+        taking = [n < max_new_tokens or s.pending for s in streams]
+        if not any(taking):
+            break
+        if n > 0:
+            logits, state = step(token, state)
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (S,)
-        for s, t in enumerate(token.tolist()):
-            new[s].append(t)
-        if on_text is not None:
-            # Decode the whole continuation: a byte-level token can end mid-character.
-            text = tokenization.decode(lm.tokenizer, new[0])
-            if not text.endswith("\ufffd") and text.startswith(shown):
-                on_text(text[len(shown):])
-                shown = text
-        logits, state = step(token, state)
-    texts = [tokenization.decode(lm.tokenizer, n) for n in new]
-    if on_text is not None and texts[0].startswith(shown) and len(texts[0]) > len(shown):
-        on_text(texts[0][len(shown):])
-    return texts
+        for stream, t, take in zip(streams, token.tolist(), taking):
+            if take:
+                piece = stream.add(t)
+                if piece and on_text is not None and stream is streams[0]:
+                    on_text(piece)
+    last = [stream.close() for stream in streams]
+    if last[0] and on_text is not None:
+        on_text(last[0])
+    return [stream.text for stream in streams]
 
 
 def print_stream(piece: str) -> None:

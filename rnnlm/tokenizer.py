@@ -19,6 +19,7 @@ Three kinds, all trained on the train split only and all serialisable to one JSO
 
 from __future__ import annotations
 
+import codecs
 import json
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -163,11 +164,104 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
     return ids
 
 
+def unknown_words(tok: Tokenizer, text: str, limit: int = 5) -> list[str]:
+    """The first `limit` pieces of ``text`` that encode to ``<unk>`` (read chunk by chunk,
+    stopping once found, so a whole book is not encoded again to name a few)."""
+    unk, found = unk_id(tok), []
+    for piece in _chunks(text):
+        enc = tok.encode(piece, add_special_tokens=False)
+        found += [piece[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk]
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
 def decode(tok: Tokenizer, ids) -> str:
     """Text of a sequence of token ids (``<unk>`` is kept, shown as ``<unk>``)."""
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
     return tok.decode(list(ids), skip_special_tokens=False)
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's stand-in character for each byte -> the byte (GPT-2's table:
+    printable Latin-1 bytes stand for themselves, the others are moved to 256 and up)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
+
+
+def token_bytes(tok: Tokenizer) -> list[bytes] | None:
+    """The bytes of every token id of a byte-level BPE tokenizer; None for word and char,
+    whose tokens are whole characters. A byte-level token may hold part of a character."""
+    if not isinstance(tok.decoder, decoders.ByteLevel):
+        return None
+    alphabet = _byte_level_alphabet()
+    table = [b""] * tok.get_vocab_size()
+    for token, i in tok.get_vocab().items():
+        if all(c in alphabet for c in token):
+            table[i] = bytes(alphabet[c] for c in token)
+        else:  # an added token, stored as plain text
+            table[i] = token.encode("utf-8")
+    return table
+
+
+class TextStream:
+    """Token ids in, text out piece by piece, never part of a character.
+
+    A byte-level BPE token can end inside a multi-byte UTF-8 character (Cyrillic, CJK,
+    curly quotes). Its bytes are held back until the character is complete; bytes that
+    can never complete one (a stray continuation byte, a lead byte followed by a
+    non-continuation) come out as one U+FFFD each maximal bad run, as Python's
+    ``bytes.decode("utf-8", "replace")`` does. ``pending`` says whether a character is
+    waiting for more bytes; `close` drops such a cut character (it was cut by the end of
+    the sequence, not made invalid by the model). The pieces joined are `text`.
+
+    Word and char tokens are whole characters; their pieces are what decoding all the ids
+    adds to the text already given out (word decoding re-spaces across tokens).
+    """
+
+    def __init__(self, tok: Tokenizer, table: list[bytes] | None = None):
+        self.tok = tok
+        self.table = table if table is not None else token_bytes(tok)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.ids: list[int] = []
+        self.text = ""
+
+    @property
+    def pending(self) -> bool:
+        """True while the bytes given so far end inside a character."""
+        return self.table is not None and bool(self.utf8.getstate()[0])
+
+    def add(self, token_id: int) -> str:
+        """Take one token; returns the text it completes ("" when it is held back)."""
+        self.ids.append(token_id)
+        if self.table is not None:
+            piece = self.utf8.decode(self.table[token_id])
+        else:
+            full = decode(self.tok, self.ids)
+            piece = full[len(self.text):] if full.startswith(self.text) else ""
+        self.text += piece
+        return piece
+
+    def close(self) -> str:
+        """The rest of the text at the end of the sequence (a cut character is dropped)."""
+        if self.table is None:
+            full = decode(self.tok, self.ids)
+            piece = full[len(self.text):] if full.startswith(self.text) else ""
+            self.text += piece
+            return piece
+        return ""
+
+
+def ends_mid_character(table: list[bytes] | None, ids) -> bool:
+    """True when byte-level tokens `ids` end inside a UTF-8 character (never for word/char)."""
+    if table is None:
+        return False
+    stream = TextStream(None, table)
+    for i in ids:
+        stream.add(i)
+    return stream.pending
 
 
 def to_json(tok: Tokenizer) -> str:

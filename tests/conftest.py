@@ -182,3 +182,65 @@ def small_disk_free(folder: Path) -> int:
     """Bytes free on the file system of `folder`."""
     stat = os.statvfs(folder)
     return stat.f_bavail * stat.f_frsize
+
+
+class ScriptedModel:
+    """A stand-in for RNNLM that writes a fixed token sequence under greedy sampling: the
+    logits after the prompt favour script[0], those after the n-th new token script[n]
+    (the last one repeats). Its state is the step count. It has what generation and
+    prediction use: features and decoder (for model.prime), stepper, eval, vocab_size.
+    `runner_up` (step -> token) gives a second, less likely token at a step."""
+
+    def __init__(self, vocab_size: int, script: list[int], runner_up: dict | None = None):
+        self.vocab_size, self.script, self.runner_up = vocab_size, script, runner_up or {}
+
+    def eval(self):
+        return self
+
+    def logits(self, steps):
+        import torch
+
+        out = torch.zeros(len(steps), self.vocab_size)
+        for row, n in enumerate(steps.tolist()):
+            out[row, self.script[min(n, len(self.script) - 1)]] = 10.0
+            if n in self.runner_up:
+                out[row, self.runner_up[n]] = 9.0
+        return out
+
+    def features(self, idx, state=None):
+        import torch
+
+        return torch.zeros(idx.size(0), idx.size(1), 1), [(torch.zeros(idx.size(0), dtype=torch.long),)]
+
+    def decoder(self, h):
+        import torch
+
+        return self.logits(torch.zeros(h.size(0), dtype=torch.long))
+
+    def stepper(self):
+        def step(token, state):
+            steps = state[0][0] + 1
+            return self.logits(steps), [(steps,)]
+
+        return step
+
+
+RUSSIAN = "Наполеон был императором Франции. Пьер и Наташа в Москве. Андрей и армия. " * 4
+
+
+def scripted_lm(script_bytes: list[bytes], runner_up: dict | None = None):
+    """A LoadedModel of a ScriptedModel with a byte-level BPE tokenizer of Russian text;
+    the script is given as the tokens' bytes (single bytes cut characters in two)."""
+    import torch
+
+    from rnnlm import tokenizer as tokenization
+    from rnnlm.config import Config
+    from rnnlm.inference import LoadedModel
+
+    tok = tokenization.train_tokenizer("bpe", RUSSIAN, 300)
+    table = tokenization.token_bytes(tok)
+    id_of = {b: i for i, b in enumerate(table)}
+    script = [id_of[b] for b in script_bytes]
+    runner_up = {n: id_of[b] for n, b in (runner_up or {}).items()}
+    model = ScriptedModel(tok.get_vocab_size(), script, runner_up)
+    return LoadedModel(model, tok, Config(), torch.device("cpu"), 0)

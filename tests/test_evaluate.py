@@ -215,3 +215,23 @@ def test_evaluate_command_dynamic(trained, tmp_path, capsys):
         assert main(["evaluate", "--checkpoint", ckpt, "--text", str(path), *bad]) != 0
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("dynamic_lr", [None, 0.1])
+def test_a_long_text_is_scored_seq_len_tokens_at_a_time(trained, monkeypatch, dynamic_lr):
+    # Every position's loss is needed, but never every position's logits at once.
+    lm = trained["char"]
+    widths = []
+
+    def counting(model):
+        forward = model.forward
+        model.forward = lambda idx, state=None: widths.append(idx.size(1)) or forward(idx, state)
+        return model
+
+    deepcopy = copy.deepcopy
+    monkeypatch.setattr(lm, "model", counting(deepcopy(lm.model)))
+    monkeypatch.setattr("copy.deepcopy", lambda m: counting(deepcopy(m)))  # dynamic evaluation's copy
+    text = TEXT * 20
+    m = score_text(lm, text, batch_size=2, seq_len=16, dynamic_lr=dynamic_lr)
+    assert m["tokens"] == len(text) - 1 and max(widths) == 16
+    assert sum(widths) * (1 if dynamic_lr is not None else 2) >= m["tokens"]

@@ -9,7 +9,7 @@ from rnnlm import RnnlmError, load_model
 from rnnlm.evaluate import score_text
 from rnnlm.predict import next_words
 from rnnlm.sample import generate
-from tests.conftest import SENTENCES, train_tiny_run
+from tests.conftest import SENTENCES, scripted_lm, train_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +53,9 @@ def test_errors_are_rnnlm_errors(lm, tmp_path):
         lm.score("a")
     with pytest.raises(RnnlmError, match="empty"):
         lm.generate("")
+
+
+def test_generate_returns_whole_characters():
+    # Five byte-level tokens end on the first byte of "ш" ("Наш" is d0 9d d0 b0 d1 88).
+    lm = scripted_lm([b"\xd0", b"\x9d", b"\xd0", b"\xb0", b"\xd1", b"\x88", b"!"])
+    assert lm.generate("Вот", max_new_tokens=5, temperature=0) == "Наш"

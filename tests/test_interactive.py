@@ -6,6 +6,7 @@ import io
 from rnnlm.cli import main
 from rnnlm.interactive import apply_command, run_session
 from rnnlm.sample import generate
+from tests.conftest import scripted_lm
 
 
 def test_commands_change_the_settings():
@@ -40,3 +41,13 @@ def test_generate_interactive_reads_stdin_until_it_ends(tokenizer_runs, monkeypa
     assert out[0] == "max_new_tokens = 7"
     assert out[1].startswith("Napoleon was ") and out[2].startswith("The prince ")
     assert len(out) == 3
+
+
+def test_a_completion_never_shows_part_of_a_character():
+    # The script writes "Наш" one UTF-8 byte at a time: 5 tokens end on the first byte of
+    # "ш", which is held back and then finished by one more token.
+    lm = scripted_lm([b"\xd0", b"\x9d", b"\xd0", b"\xb0", b"\xd1", b"\x88", b"!"])
+    settings = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 5, "seed": None}
+    out = []
+    assert run_session(lm, settings, iter(["Вот\n"]), out.append) == 1
+    assert out == ["Вот", "Н", "а", "ш", "\n"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rnnlm.config import ModelConfig
-from rnnlm.model import RNNLM, lm_loss
+from rnnlm.model import RNNLM, lm_loss, prime
 
 V, B, T = 11, 3, 5
 
@@ -89,3 +89,32 @@ def test_minimal_cells_step_by_step_equals_forward(kind):
             torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-5)
     for a, b in zip(step_state, state):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm", "mingru", "minlstm"])
+def test_priming_in_chunks_gives_the_logits_and_state_of_one_pass(kind, impl):
+    torch.manual_seed(0)
+    model = RNNLM(V, ModelConfig(cell=kind, hidden_size=8, num_layers=2, impl=impl)).eval()
+    ids = torch.randint(0, V, (B, 23))
+    with torch.no_grad():
+        logits, state = model(ids)
+    for chunk in (1, 4, 23, 100):  # one token at a time, a ragged last chunk, exactly one, more than all
+        last, primed = prime(model, ids, chunk=chunk)
+        torch.testing.assert_close(last, logits[:, -1], rtol=1e-5, atol=1e-6)
+        for layer, primed_layer in zip(state, primed):
+            for t, p in zip(layer, primed_layer):
+                torch.testing.assert_close(p, t, rtol=1e-5, atol=1e-6)
+
+
+def test_priming_runs_at_most_chunk_tokens_and_only_the_last_through_the_output_layer(monkeypatch):
+    model = RNNLM(V, ModelConfig(cell="gru", hidden_size=8)).eval()
+    widths, decoded = [], []
+    features, decoder = model.features, model.decoder.forward
+    monkeypatch.setattr(model, "features", lambda idx, state=None: widths.append(idx.size(1)) or features(idx, state))
+    monkeypatch.setattr(model.decoder, "forward", lambda h: decoded.append(tuple(h.shape)) or decoder(h))
+    prime(model, torch.randint(0, V, (2, 1000)), chunk=64)
+    assert widths == [64] * 15 + [40]
+    assert decoded == [(2, 8)]  # one position per row, never (2, 1000, V) logits
+    with pytest.raises(ValueError):
+        prime(model, torch.zeros(1, 0, dtype=torch.long))

@@ -8,7 +8,9 @@ import torch
 
 from rnnlm import tokenizer as tokenization
 from rnnlm.cli import main
-from rnnlm.predict import PUNCT, WORD, next_words, token_class
+from rnnlm.inference import load_model
+from rnnlm.predict import PUNCT, WORD, format_table, next_words, token_class
+from tests.conftest import scripted_lm, small_text
 
 PROMPT = "Napoleon was the Emperor of"
 
@@ -27,7 +29,7 @@ def test_word_tokenizer_gives_the_softmax_of_the_next_token(tokenizer_models):
         probs = torch.softmax(lm.model(torch.tensor([ids]))[0][0, -1], dim=-1)
     top = torch.topk(probs, 5)
     assert [w for w, _ in words] == [tokenization.decode(lm.tokenizer, [i]) for i in top.indices.tolist()]
-    assert [p for _, p in words] == pytest.approx(top.values.tolist())
+    assert [p for _, p in words] == pytest.approx(top.values.tolist(), rel=1e-5)  # chunked priming: float rounding
     assert words[0][0] == "the"  # the text always says "Emperor of the French"
 
 
@@ -79,7 +81,37 @@ def test_predict_command_prints_a_table(tokenizer_runs, capsys):
     assert lines[2].split()[:2] == ["1", "the"] and 0 < float(lines[2].split()[-1]) <= 1
 
 
+def test_predict_and_generate_read_a_long_prompt_from_a_file(tokenizer_runs, tmp_path, capsys):
+    # A prompt of over 100,000 characters (more than one command-line argument may hold
+    # on Linux), primed in chunks.
+    path = tmp_path / "long.txt"
+    text = small_text(900) + PROMPT
+    path.write_text(text, encoding="utf-8")
+    assert len(text) > 100_000
+    checkpoint = str(tokenizer_runs["bpe"])
+    assert main(["predict", "--checkpoint", checkpoint, "-k", "3", "--prompt-file", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert table == format_table(next_words(load_model(checkpoint, "cpu"), text, 3)) + "\n"
+    assert main(["generate", "--checkpoint", checkpoint, "--prompt-file", str(path), "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith(text)
+    assert main(["predict", "--checkpoint", checkpoint, "--prompt-file", str(path), PROMPT]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_predict_command_errors(tokenizer_runs, capsys):
     assert main(["predict", "--checkpoint", "nope.pt", PROMPT]) == 2
     assert main(["predict", "--checkpoint", str(tokenizer_runs["char"]), "-k", "0", PROMPT]) == 2
     assert capsys.readouterr().err.count("error: ") == 2
+
+
+def test_a_word_is_never_cut_inside_a_character():
+    # After the prompt the model is sure of the first byte of "Н" (d0 9d), then rates a
+    # full stop above the second byte: cut there, the word would be half a character.
+    lm = scripted_lm([b"\xd0", b".", b"."], runner_up={1: b"\x9d"})
+    words = next_words(lm, "Вот ", 3)
+    assert words[0][0] == "Н"  # before: "\ufffd", the lone first byte
+    V = lm.model.vocab_size  # every other token has logit 0
+    first, second = math.exp(10) / (math.exp(10) + V - 1), math.exp(9) / (math.exp(10) + math.exp(9) + V - 2)
+    assert words[0][1] == pytest.approx(first * second, rel=0.02)  # and then almost surely the full stop
+    assert all(not w.endswith("\ufffd") for w, _ in words)

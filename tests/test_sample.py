@@ -8,11 +8,13 @@ import math
 import pytest
 import torch
 
+from rnnlm import tokenizer as tokenization
 from rnnlm.errors import RnnlmError
 from rnnlm.inference import load_model
-from rnnlm.sample import encode_prompt, filter_logits, generate, sample_next
+from rnnlm.model import PRIME_CHUNK
+from rnnlm.sample import FINISH_CHARACTER_TOKENS, encode_prompt, filter_logits, generate, sample_next
 from rnnlm.train import train
-from tests.conftest import tiny_config, untrained_lm
+from tests.conftest import scripted_lm, small_text, tiny_config, untrained_lm
 
 # Probabilities in a shuffled order, so the kept tokens must be put back in place.
 PROBS = [0.15, 0.5, 0.05, 0.3]  # by rank: token 1 (0.5), 3 (0.3), 0 (0.15), 2 (0.05)
@@ -111,3 +113,62 @@ def test_generation_streams_the_same_text_it_returns(tmp_path, text_file):
     pieces = []
     texts = generate(lm, "The army", max_new_tokens=25, seed=1, on_text=pieces.append)
     assert "".join(pieces) == texts[0]
+
+
+def test_a_long_prompt_is_read_once_in_chunks_and_continues_as_after_one_pass(monkeypatch):
+    lm = untrained_lm("char")
+    prompt = small_text(40)  # about 7,000 tokens
+    ids = encode_prompt(lm.tokenizer, prompt)
+    assert len(ids) > 3 * PRIME_CHUNK
+    with torch.no_grad():  # the old way: the whole prompt in one pass, then greedy steps
+        logits, state = lm.model(torch.tensor([ids]))
+        token, expected = logits[:, -1].argmax(-1), []
+        for _ in range(15):
+            expected.append(int(token))
+            logits, state = lm.model.step(token, state)
+            token = logits.argmax(-1)
+    calls = []
+    features = lm.model.features
+    monkeypatch.setattr(lm.model, "features", lambda idx, state=None: calls.append(idx.shape) or features(idx, state))
+    texts = generate(lm, prompt, max_new_tokens=15, temperature=0, num_samples=3)
+    assert texts == [tokenization.decode(lm.tokenizer, expected)] * 3
+    assert all(b == 1 and t <= PRIME_CHUNK for b, t in calls)  # once for all samples, a chunk at a time
+    assert sum(t for _, t in calls) == len(ids)
+
+
+# A byte-level model that cuts characters in two: Cyrillic letters are two bytes in UTF-8
+# ("Н" = d0 9d, "а" = d0 b0, "ш" = d1 88), and the script emits them one byte at a time.
+NASH = [b"\xd0", b"\x9d", b"\xd0", b"\xb0", b"\xd1", b"\x88", b"!"]
+
+
+def streamed(lm, max_new_tokens: int, num_samples: int = 1) -> tuple[list[str], list[str]]:
+    pieces = []
+    texts = generate(lm, "x", max_new_tokens=max_new_tokens, temperature=0, num_samples=num_samples,
+                     on_text=pieces.append)
+    assert "".join(pieces) == texts[0]
+    return pieces, texts
+
+
+@pytest.mark.parametrize("max_new_tokens, expected", [(1, "Н"), (2, "Н"), (3, "На"), (5, "Наш"), (7, "Наш!")])
+def test_a_character_cut_by_max_new_tokens_is_finished_in_every_sample(max_new_tokens, expected):
+    pieces, texts = streamed(scripted_lm(NASH), max_new_tokens, num_samples=3)
+    assert texts == [expected] * 3  # before: "\ufffd" at the end of each
+    assert pieces == list(expected)  # one piece per whole character, never a half
+
+
+def test_a_character_still_cut_after_the_extra_tokens_is_dropped():
+    # d0 9d = "Н", then lead bytes that never get their continuation byte.
+    lm = scripted_lm([b"\xd0", b"\x9d", b"\xd0", b"\xd0", b"\xd0", b"\xd0", b"\xd0", b"\xd0"])
+    pieces, texts = streamed(lm, 3)
+    # Each lead byte followed by another lead byte can never complete: U+FFFD. After the
+    # FINISH_CHARACTER_TOKENS extra tokens the last lead byte is still waiting: dropped.
+    assert FINISH_CHARACTER_TOKENS == 3
+    assert texts == ["Н" + "\ufffd" * 3]
+    assert pieces == ["Н", "\ufffd", "\ufffd", "\ufffd"]
+
+
+def test_a_stray_continuation_byte_is_one_replacement_character_in_stream_and_text():
+    script = [b"\xd0", b"\x9d", b"\x9d", b"\xd0", b"\xb0", b"a"]
+    pieces, texts = streamed(scripted_lm(script), len(script))
+    assert texts == ["Н\ufffdаa"] == [b"".join(script).decode("utf-8", "replace")]
+    assert pieces == ["Н", "\ufffd", "а", "a"]

@@ -91,3 +91,59 @@ def test_chunked_encoding_equals_whole_encoding(kind):
     chunks = T._chunks(text, size=50)
     assert len(chunks) > 10 and "".join(chunks) == text
     assert T.encode(tok, text) == tok.encode(text, add_special_tokens=False).ids
+
+
+def test_token_bytes_are_what_byte_level_decoding_joins(bpe):
+    table = T.token_bytes(bpe)
+    assert len(table) == bpe.get_vocab_size() and all(table)
+    text = "naïve 日本語 😀 “Well”"
+    ids = T.encode(bpe, text)
+    assert b"".join(table[i] for i in ids) == text.encode("utf-8")
+    assert T.token_bytes(T.train_tokenizer("char", TEXT, 400)) is None  # whole characters
+
+
+def stream_pieces(tok, ids) -> tuple[list[str], T.TextStream]:
+    stream = T.TextStream(tok)
+    pieces = [stream.add(i) for i in ids]
+    pieces.append(stream.close())
+    assert "".join(pieces) == stream.text
+    return pieces, stream
+
+
+def test_text_stream_holds_back_a_character_until_its_last_byte(bpe):
+    table = T.token_bytes(bpe)
+    byte_id = {b: i for i, b in enumerate(table) if len(b) == 1}
+    data = "a😀é".encode("utf-8")  # 1 + 4 + 2 bytes, fed one byte at a time
+    pieces, stream = stream_pieces(bpe, [byte_id[bytes([b])] for b in data])
+    assert pieces == ["a", "", "", "", "😀", "", "é", ""]
+    assert not T.ends_mid_character(table, [byte_id[b"\xc3"], byte_id[b"\xa9"]])
+    assert T.ends_mid_character(table, [byte_id[b"a"], byte_id[b"\xc3"]])
+
+
+@pytest.mark.parametrize("data, text", [
+    (b"\xa9ab", "\ufffdab"),            # a stray continuation byte
+    (b"\xc3a", "\ufffda"),              # a lead byte whose character never comes
+    (b"\xf0\x9f\x98a\xc3\xa9", "\ufffdaé"),  # three bytes of four, then a letter: one U+FFFD
+    (b"ok\xe6\x97", "ok"),              # cut at the end: dropped
+])
+def test_bytes_that_can_never_complete_are_one_replacement_character(bpe, data, text):
+    byte_id = {b: i for i, b in enumerate(T.token_bytes(bpe)) if len(b) == 1}
+    pieces, stream = stream_pieces(bpe, [byte_id[bytes([b])] for b in data])
+    assert stream.text == text
+    if not data.endswith(b"\xe6\x97"):  # what decoding all of it at once gives, too
+        assert text == data.decode("utf-8", "replace") == T.decode(bpe, [byte_id[bytes([b])] for b in data])
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_text_stream_of_whole_character_tokens_is_the_decoded_text(kind):
+    tok = T.train_tokenizer(kind, TEXT, 400)
+    ids = T.encode(tok, "Well, Prince, so Genoa and Lucca")
+    pieces, stream = stream_pieces(tok, ids)
+    assert stream.text == T.decode(tok, ids) and all(pieces[:-1])
+
+
+def test_unknown_words_are_found_without_encoding_all_the_text_again():
+    tok = T.train_tokenizer("word", TEXT, 400)
+    text = "Zorglub met Prince Qwx.\n" + TEXT * 5 + "Blorf\n"
+    assert T.unknown_words(tok, text, limit=2) == ["Zorglub", "met"]
+    assert T.unknown_words(tok, text) == ["Zorglub", "met", "Qwx", "Blorf"]
