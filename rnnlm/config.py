@@ -274,8 +274,8 @@ class TrainConfig:
     """Steps of backpropagation through time per batch (T)."""
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (null: no limit)."""
-    max_epochs: Optional[float] = None
-    """Stop after this many passes over the train split (null: no limit)."""
+    max_epochs: Union[float, Literal["auto"], None] = None
+    """Stop after this many passes over the train split (null: no limit; auto: sized to the training text)."""
     max_minutes: Optional[float] = None
     """Stop after this many minutes of training (null: no limit)."""
     eval_every: int = 500
@@ -320,7 +320,7 @@ class TrainConfig:
             _check(value > 0, f"train.{name}", f"must be positive, got {value}")
         for name in ("max_steps", "max_epochs", "max_minutes", "eval_tokens", "num_threads", "patience"):
             value = getattr(self, name)
-            _check(value is None or value > 0, f"train.{name}", f"must be positive or null, got {value}")
+            _check(value is None or value == AUTO or value > 0, f"train.{name}", f"must be positive or null, got {value}")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "train.device",
                f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",

@@ -7,9 +7,13 @@ scales with r = training characters / War and Peace's:
 
     tokenizer.vocab_size   4096 * sqrt(r), to the nearest power of two, in [512, 16384]
     model.dropout          0.1 * r ** -0.75, two decimals, in [0.05, 0.5]
+    train.max_epochs       50 * r, at least 10
 
-so a smaller text gets fewer, better-seen BPE merges and stronger dropout, and a larger
-one more merges and less dropout. The rules were chosen by measurement on three corpora
+so a smaller text gets fewer, better-seen BPE merges, stronger dropout and a cosine
+schedule that ends after 10 passes, when a model of this size has learned what it can
+from it (in minutes the schedule would still be high when it starts learning the text
+by heart); a larger one more merges, less dropout, and more passes than its minutes
+allow on a CPU, so that time stays its limit. The rules were chosen by measurement on three corpora
 (docs/tuning.md#own-text-rules); each is kept only because it won there.
 """
 
@@ -39,15 +43,23 @@ def dropout_for(train_chars: int) -> float:
     return round(min(max(ANCHOR_DROPOUT * r ** -0.75, 0.05), 0.5), 2)
 
 
+def max_epochs_for(train_chars: int) -> int:
+    """Passes over a training text of `train_chars` characters before the schedule ends."""
+    return max(10, round(50 * train_chars / ANCHOR_CHARS))
+
+
 def fit_to_corpus(cfg: Config, train_chars: int) -> tuple[Config, list[str]]:
     """`cfg` with every `auto` value resolved for the training text, and `key value` notes
     of what was chosen (empty when nothing was `auto`)."""
     chosen = []
-    tokenizer, model = cfg.tokenizer, cfg.model
+    tokenizer, model, train = cfg.tokenizer, cfg.model, cfg.train
     if tokenizer.vocab_size == AUTO:
         tokenizer = dataclasses.replace(tokenizer, vocab_size=vocab_size_for(train_chars))
         chosen.append(f"tokenizer.vocab_size {tokenizer.vocab_size}")
     if model.dropout == AUTO:
         model = dataclasses.replace(model, dropout=dropout_for(train_chars))
         chosen.append(f"model.dropout {model.dropout}")
-    return dataclasses.replace(cfg, tokenizer=tokenizer, model=model), chosen
+    if train.max_epochs == AUTO:
+        train = dataclasses.replace(train, max_epochs=max_epochs_for(train_chars))
+        chosen.append(f"train.max_epochs {train.max_epochs}")
+    return dataclasses.replace(cfg, tokenizer=tokenizer, model=model, train=train), chosen

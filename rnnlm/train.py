@@ -144,6 +144,7 @@ class Trainer:
                              "point data.path at that text")
         # `auto` settings are sized to the training text here; checkpoints keep the values.
         self.cfg, self.sized = fit_to_corpus(self.cfg, self.corpus.chars["train"])
+        self.tc = tc = self.cfg.train
         self.vocab_size = self.corpus.tokenizer.get_vocab_size()
         check_enough_tokens(self.corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
         check_scorable(self.corpus.ids["valid"].numel(), "valid")

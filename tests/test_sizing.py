@@ -5,7 +5,7 @@ import pytest
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.config import load_config
 from rnnlm.errors import RnnlmError
-from rnnlm.sizing import ANCHOR_CHARS, dropout_for, fit_to_corpus, vocab_size_for
+from rnnlm.sizing import ANCHOR_CHARS, dropout_for, fit_to_corpus, max_epochs_for, vocab_size_for
 from rnnlm.train import train
 from tests.conftest import tiny_config
 
@@ -14,32 +14,38 @@ def test_the_rules_give_the_main_configs_values_on_war_and_peace():
     main = load_config("configs/war_and_peace.yaml")
     assert vocab_size_for(ANCHOR_CHARS) == main.tokenizer.vocab_size == 4096
     assert dropout_for(ANCHOR_CHARS) == main.model.dropout == 0.1
+    # The main config is bound by its minutes (13.5 epochs on 2 CPU cores); the rule's
+    # passes leave it so.
+    assert main.train.max_epochs is None and max_epochs_for(ANCHOR_CHARS) == 50
 
 
-@pytest.mark.parametrize("chars, vocab, dropout", [
-    (50_000, 512, 0.5),            # both at their bounds
-    (547_193, 2048, 0.32),         # Pride and Prejudice's train split
-    (20_000_000, 8192, 0.05),
-    (10**9, 16384, 0.05),
+@pytest.mark.parametrize("chars, vocab, dropout, epochs", [
+    (50_000, 512, 0.5, 10),            # all at their bounds
+    (547_193, 2048, 0.32, 11),         # Pride and Prejudice's train split
+    (20_000_000, 8192, 0.05, 390),
+    (10**9, 16384, 0.05, 19521),
 ])
-def test_smaller_texts_get_fewer_merges_and_more_dropout(chars, vocab, dropout):
+def test_smaller_texts_get_fewer_merges_more_dropout_and_fewer_passes(chars, vocab, dropout, epochs):
     assert vocab_size_for(chars) == vocab
     assert dropout_for(chars) == dropout
+    assert max_epochs_for(chars) == epochs
 
 
 def test_the_rules_are_monotonic_in_the_texts_size():
     sizes = [10_000 * 2 ** i for i in range(14)]
     vocabs = [vocab_size_for(n) for n in sizes]
     dropouts = [dropout_for(n) for n in sizes]
-    assert vocabs == sorted(vocabs) and dropouts == sorted(dropouts, reverse=True)
+    epochs = [max_epochs_for(n) for n in sizes]
+    assert vocabs == sorted(vocabs) and epochs == sorted(epochs) and dropouts == sorted(dropouts, reverse=True)
     assert all(v & (v - 1) == 0 for v in vocabs)  # powers of two
 
 
 def test_fit_to_corpus_resolves_only_auto_and_says_what_it_chose():
-    cfg = load_config("configs/war_and_peace.yaml", ["tokenizer.vocab_size=auto", "model.dropout=auto"])
+    cfg = load_config("configs/war_and_peace.yaml", ["tokenizer.vocab_size=auto", "model.dropout=auto",
+                                                     "train.max_epochs=auto"])
     sized, chosen = fit_to_corpus(cfg, 547_193)
-    assert (sized.tokenizer.vocab_size, sized.model.dropout) == (2048, 0.32)
-    assert chosen == ["tokenizer.vocab_size 2048", "model.dropout 0.32"]
+    assert (sized.tokenizer.vocab_size, sized.model.dropout, sized.train.max_epochs) == (2048, 0.32, 11)
+    assert chosen == ["tokenizer.vocab_size 2048", "model.dropout 0.32", "train.max_epochs 11"]
     assert cfg.tokenizer.vocab_size == "auto"  # the given config is left as it was
     explicit = load_config("configs/war_and_peace.yaml", ["model.dropout=0.25"])
     assert fit_to_corpus(explicit, 547_193) == (explicit, [])
@@ -57,14 +63,13 @@ def test_auto_is_taken_only_where_documented(override, line):
 
 
 def test_a_run_with_auto_stores_the_sized_values_and_resumes(tmp_path, text_file, capsys):
-    auto = ["tokenizer.kind=bpe", "tokenizer.vocab_size=auto", "model.dropout=auto"]
+    auto = ["tokenizer.kind=bpe", "tokenizer.vocab_size=auto", "model.dropout=auto", "train.max_epochs=auto"]
     train(tiny_config(tmp_path, text_file, *auto, "train.max_steps=6"))
     out = capsys.readouterr().out
-    chars = len(text_file.read_text()) * 8 // 10
-    assert f"sized to the {chars - chars % 1:,}" in out or "sized to the " in out
-    assert f"tokenizer.vocab_size 512, model.dropout 0.5" in out
+    assert "training characters (auto): tokenizer.vocab_size 512, model.dropout 0.5, train.max_epochs 10" in out
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["config"]["tokenizer"]["vocab_size"] == 512 and ckpt["config"]["model"]["dropout"] == 0.5
+    assert ckpt["config"]["train"]["max_epochs"] == 10
     assert "vocab_size: 512" in (tmp_path / "run" / "config.yaml").read_text()
     # Resuming with the same `auto` config matches the values it was sized to.
     result = train(tiny_config(tmp_path, text_file, *auto, "train.max_steps=10", "train.resume=true"))
