@@ -85,22 +85,23 @@ def test_the_page_completes_predicts_and_colours(tmp_path):
         whole = driver.execute_script("return document.getElementById('prompt').value"
                                       " + document.getElementById('generated').textContent")
         wait.until(lambda d: d.find_element(By.ID, "next-words").get_attribute("data-for") == whole)
-        rows = driver.find_elements(By.CSS_SELECTOR, "#next-words tbody tr")
-        assert 1 <= len(rows) <= 10
-        probs = [float(r.find_elements(By.TAG_NAME, "td")[1].text) for r in rows]
+        # Read the table in one script: the page may draw it again meanwhile (a late answer).
+        probs = [float(p) for p in driver.execute_script(
+            "return [...document.querySelectorAll('#next-words tbody tr')].map(r => r.cells[1].textContent)")]
+        assert 1 <= len(probs) <= 10
         assert all(0 < p <= 1 for p in probs) and probs == sorted(probs, reverse=True)
 
         # Look inside the prompt and its completion; pick a ranked unit.
         Select(driver.find_element(By.ID, "source")).select_by_value("prompt")
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#passage span"))
                    == len("Pierre looked at the" + generated))
-        button = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#units button"))
-        label = button.text  # e.g. "L0 c17 r=+0.42"
-        button.click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#units button"))
+        label = driver.execute_script(  # e.g. "L0 c17 r=+0.42"; read and clicked at once, as above
+            "const b = document.querySelector('#units button'); b.click(); return b.textContent")
         kind_unit = label.split()[1]
         wait.until(lambda d: f"{kind_unit[0]}, unit {kind_unit[1:]}" in d.find_element(By.ID, "shown-unit").text)
-        colours = {s.value_of_css_property("background-color")
-                   for s in driver.find_elements(By.CSS_SELECTOR, "#passage span")}
+        colours = set(driver.execute_script(
+            "return [...document.querySelectorAll('#passage span')].map(s => getComputedStyle(s).backgroundColor)"))
         assert len(colours) > 3  # each character coloured by its own value
         assert driver.find_element(By.ID, "inside-error").text == ""
         driver.save_screenshot(str(tmp_path / "serve.png"))
