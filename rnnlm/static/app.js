@@ -26,6 +26,7 @@ function number(id) {
 
 async function generate() {
   $("generate-error").textContent = "";
+  clearTimeout(nextTimer);  // the table follows the completion now, not the typing before it
   const prompt = $("prompt").value;
   const body = {prompt};
   for (const key of ["temperature", "top_k", "top_p", "max_new_tokens", "seed"]) {
