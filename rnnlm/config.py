@@ -548,7 +548,10 @@ def field_docs() -> dict[str, tuple[str, str]]:
         cls = typing.get_type_hints(Config)[section.name]
         for f in dataclasses.fields(cls):
             value = defaults[section.name][f.name]
-            shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            if isinstance(value, str) and not value.isprintable():  # "\n": one escaped line, as YAML writes it
+                shown = '"' + value.encode("unicode_escape").decode("ascii") + '"'
+            else:
+                shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
             out[f"{section.name}.{f.name}"] = (shown, docs.get(f"{cls.__name__}.{f.name}", ""))
     return out
 

@@ -97,6 +97,8 @@ def test_docs_document_every_config_field():
     design = (Path(__file__).parents[1] / "docs" / "design.md").read_text(encoding="utf-8")
     assert all(doc for _, doc in field_docs().values()), "every config field needs a docstring line"
     assert reference_table() in design, "docs/design.md's configuration reference is stale: paste reference_table()"
+    assert design.count("| key | default | meaning |") == 1, "docs/design.md holds the reference more than once"
+    assert all(line.startswith("|") for line in reference_table().splitlines()), "a default broke a table row"
 
 
 # ---------------------------------------------------------------------------------------
