@@ -1,20 +1,22 @@
 """Settings sized to the training text: what `auto` means for the keys that take it.
 
 A model and tokenizer that suit War and Peace's 2.56 million training characters
-overfit a book a fifth its size within two minutes (docs/tuning.md#own-text-rules).
+overfit a book a fifth its size within two minutes (docs/tuning.md#your-own-text).
 Each rule is anchored at War and Peace, where it gives the main config's own value, and
 scales with r = training characters / War and Peace's:
 
     tokenizer.vocab_size   4096 * sqrt(r), to the nearest power of two, in [512, 16384]
     model.dropout          0.1 * r ** -0.75, two decimals, in [0.05, 0.5]
-    train.max_epochs       50 * r, at least 10
+    train.max_epochs       the larger of 50 * r and 4 / sqrt(r)
 
 so a smaller text gets fewer, better-seen BPE merges, stronger dropout and a cosine
-schedule that ends after 10 passes, when a model of this size has learned what it can
-from it (in minutes the schedule would still be high when it starts learning the text
-by heart); a larger one more merges, less dropout, and more passes than its minutes
-allow on a CPU, so that time stays its limit. The rules were chosen by measurement on three corpora
-(docs/tuning.md#own-text-rules); each is kept only because it won there.
+schedule that ends after about 10 passes (for 500 K characters; more for a text of
+100 K, whose stronger dropout slows the learning), when a model of this size has learned
+what it can from it: in minutes the schedule would still be high when it starts to learn
+the text by heart. A larger text gets more merges, less dropout, and more passes than
+its minutes allow on a CPU, so that time stays its limit. The rules were chosen by
+measurement on four texts (docs/tuning.md#your-own-text); each is kept only because it
+won there.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def dropout_for(train_chars: int) -> float:
 
 def max_epochs_for(train_chars: int) -> int:
     """Passes over a training text of `train_chars` characters before the schedule ends."""
-    return max(10, round(50 * train_chars / ANCHOR_CHARS))
+    r = max(train_chars, 1) / ANCHOR_CHARS
+    return round(max(50 * r, 4 / math.sqrt(r)))
 
 
 def fit_to_corpus(cfg: Config, train_chars: int) -> tuple[Config, list[str]]:

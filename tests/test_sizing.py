@@ -1,5 +1,7 @@
 """Settings sized to the training text (`auto`): the rules, and a run that uses them."""
 
+import re
+
 import pytest
 
 from rnnlm.checkpoint import load_checkpoint
@@ -20,7 +22,7 @@ def test_the_rules_give_the_main_configs_values_on_war_and_peace():
 
 
 @pytest.mark.parametrize("chars, vocab, dropout, epochs", [
-    (50_000, 512, 0.5, 10),            # all at their bounds
+    (50_000, 512, 0.5, 29),            # vocabulary and dropout at their bounds
     (547_193, 2048, 0.32, 11),         # Pride and Prejudice's train split
     (20_000_000, 8192, 0.05, 390),
     (10**9, 16384, 0.05, 19521),
@@ -35,8 +37,13 @@ def test_the_rules_are_monotonic_in_the_texts_size():
     sizes = [10_000 * 2 ** i for i in range(14)]
     vocabs = [vocab_size_for(n) for n in sizes]
     dropouts = [dropout_for(n) for n in sizes]
+    assert vocabs == sorted(vocabs) and dropouts == sorted(dropouts, reverse=True)
+    # Passes are fewest near a fifth of War and Peace and grow both ways: more dropout on
+    # a smaller text, more to learn in a larger one.
     epochs = [max_epochs_for(n) for n in sizes]
-    assert vocabs == sorted(vocabs) and epochs == sorted(epochs) and dropouts == sorted(dropouts, reverse=True)
+    fewest = epochs.index(min(epochs))
+    assert 300_000 < sizes[fewest] < 1_000_000
+    assert epochs[:fewest + 1] == sorted(epochs[:fewest + 1], reverse=True) and epochs[fewest:] == sorted(epochs[fewest:])
     assert all(v & (v - 1) == 0 for v in vocabs)  # powers of two
 
 
@@ -66,10 +73,12 @@ def test_a_run_with_auto_stores_the_sized_values_and_resumes(tmp_path, text_file
     auto = ["tokenizer.kind=bpe", "tokenizer.vocab_size=auto", "model.dropout=auto", "train.max_epochs=auto"]
     train(tiny_config(tmp_path, text_file, *auto, "train.max_steps=6"))
     out = capsys.readouterr().out
-    assert "training characters (auto): tokenizer.vocab_size 512, model.dropout 0.5, train.max_epochs 10" in out
+    chars = int(re.search(r"sized to the ([\d,]+) training characters", out).group(1).replace(",", ""))
+    epochs = max_epochs_for(chars)
+    assert f"training characters (auto): tokenizer.vocab_size 512, model.dropout 0.5, train.max_epochs {epochs}" in out
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["config"]["tokenizer"]["vocab_size"] == 512 and ckpt["config"]["model"]["dropout"] == 0.5
-    assert ckpt["config"]["train"]["max_epochs"] == 10
+    assert ckpt["config"]["train"]["max_epochs"] == epochs
     assert "vocab_size: 512" in (tmp_path / "run" / "config.yaml").read_text()
     # Resuming with the same `auto` config matches the values it was sized to.
     result = train(tiny_config(tmp_path, text_file, *auto, "train.max_steps=10", "train.resume=true"))
