@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rnnlm.cells import CELLS
 from rnnlm.data import read_splits
 from rnnlm.errors import RnnlmError
 
@@ -64,7 +65,7 @@ class Activations:
 
 def state_kinds(cell: str) -> list[str]:
     """The parts of a layer's state, in the order the layer keeps them: h, then c for LSTM."""
-    return ["h", "c"] if cell == "lstm" else ["h"]
+    return list(CELLS[cell].state_names)
 
 
 @torch.no_grad()

@@ -42,8 +42,12 @@ class _Cell(nn.Module):
     """Shared parameters and PyTorch's initialisation: uniform(-1/sqrt(H), 1/sqrt(H))."""
 
     num_gates = 1
-    num_states = 1
+    state_names = ("h",)  # the parts of the state tuple, in order
     recurrent_weights = True  # weight_hh and bias_hh; False for the minimal cells
+
+    @property
+    def num_states(self) -> int:
+        return len(self.state_names)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__()
@@ -123,7 +127,7 @@ class LSTMCell(_Cell):
     """
 
     num_gates = 4
-    num_states = 2
+    state_names = ("h", "c")
 
     def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         h, c = state
@@ -136,28 +140,17 @@ class LSTMCell(_Cell):
         return (h_new, c_new)
 
 
-class MinGRUCell(_Cell):
-    """minGRU: the GRU without the hidden state in its gates (Feng et al., 2024):
+class _MinimalCell(_Cell):
+    """A cell whose gates read x_t alone: h' = a * h + b with (a, b) = `coefficients(x)`,
+    for one step or all steps at once ((..., I) -> (..., H), (..., H))."""
 
-        z  = sigmoid(W_z x + b_z)
-        h~ = W_h x + b_h
-        h' = (1 - z) * h + z * h~                 = a * h + b,  a = 1 - z,  b = z * h~
-
-    ``forward(x (B, I), (h,)) -> (h',)``. `coefficients` gives a and b for any number
-    of steps at once: (..., I) -> (..., H), (..., H).
-    """
-
-    num_gates = 2
     recurrent_weights = False
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, h_tilde = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, dim=-1)
-        z = torch.sigmoid(z)
-        return 1 - z, z * h_tilde
+        raise NotImplementedError
 
     def fast_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`coefficients` for the fast path: the same ops (autograd's backward of three
-        elementwise ops is as short as one written by hand)."""
+        """`coefficients` for the fast path (the same ops unless a cell writes its backward)."""
         return self.coefficients(x)
 
     def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
@@ -166,18 +159,36 @@ class MinGRUCell(_Cell):
         return (a * h + b,)
 
 
-class MinLSTMCell(_Cell):
+class MinGRUCell(_MinimalCell):
+    """minGRU: the GRU without the hidden state in its gates (Feng et al., 2024):
+
+        z  = sigmoid(W_z x + b_z)
+        h~ = W_h x + b_h
+        h' = (1 - z) * h + z * h~                 = a * h + b,  a = 1 - z,  b = z * h~
+
+    ``forward(x (B, I), (h,)) -> (h',)``. Its fast path runs `coefficients` as they are:
+    autograd's backward of three elementwise ops is as short as one written by hand.
+    """
+
+    num_gates = 2
+
+    def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, h_tilde = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, dim=-1)
+        z = torch.sigmoid(z)
+        return 1 - z, z * h_tilde
+
+
+class MinLSTMCell(_MinimalCell):
     """minLSTM: the LSTM without the hidden state in its gates, and without c (Feng et al., 2024):
 
         f  = sigmoid(W_f x + b_f),   i = sigmoid(W_i x + b_i),   h~ = W_h x + b_h
         h' = f / (f + i) * h + i / (f + i) * h~   = a * h + b
 
     The two gates are normalised to sum to one, so h stays a weighted average of the h~
-    seen so far. ``forward(x (B, I), (h,)) -> (h',)``; `coefficients` as for MinGRUCell.
+    seen so far. ``forward(x (B, I), (h,)) -> (h',)``.
     """
 
     num_gates = 3
-    recurrent_weights = False
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f, i, h_tilde = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, dim=-1)
@@ -188,11 +199,6 @@ class MinLSTMCell(_Cell):
     def fast_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """`coefficients` with the gates' backward written by hand (scan.minlstm_coefficients)."""
         return scan.minlstm_coefficients(F.linear(x, self.weight_ih, self.bias_ih))
-
-    def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
-        (h,) = state
-        a, b = self.coefficients(x)
-        return (a * h + b,)
 
 
 # The class of each cell kind that config.CELL_KINDS names (and model.cell takes).

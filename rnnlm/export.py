@@ -49,7 +49,7 @@ TOLERANCE = 1e-3
 
 def state_names(model) -> list[str]:
     """The state's input names, in the graph's order: layer by layer, h (then c for an LSTM)."""
-    kinds = ("h", "c")[: model.layers[0].cell.num_states]
+    kinds = model.layers[0].cell.state_names
     return [f"{kind}_{layer}" for layer in range(len(model.layers)) for kind in kinds]
 
 
