@@ -23,11 +23,10 @@ import torch
 from tokenizers import Tokenizer
 
 from . import tokenizer as tokenization
+from .config import AUTO
 from .errors import CannotWrite, RnnlmError
 from .files import atomic_write
 from .sizing import vocab_size_for
-
-WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
 
 SPLITS = ("train", "valid", "test")
 _START_MARK = "*** START OF"
@@ -283,7 +282,7 @@ def load_corpus(
                                        progress=progress)
     chars = {name: len(splits[name]) for name in SPLITS}
     text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    if vocab_size == "auto":
+    if vocab_size == AUTO:
         vocab_size = vocab_size_for(chars["train"])
 
     if tokenizer_json is not None:

@@ -33,36 +33,40 @@ ANCHOR_VOCAB = 4096
 ANCHOR_DROPOUT = 0.1
 
 
+def _ratio(train_chars: int) -> float:
+    """r: the training text's size as a fraction of War and Peace's."""
+    return max(train_chars, 1) / ANCHOR_CHARS
+
+
 def vocab_size_for(train_chars: int) -> int:
     """BPE / word vocabulary for a training text of `train_chars` characters."""
-    r = max(train_chars, 1) / ANCHOR_CHARS
+    r = _ratio(train_chars)
     return int(min(max(2 ** round(math.log2(ANCHOR_VOCAB * math.sqrt(r))), 512), 16384))
 
 
 def dropout_for(train_chars: int) -> float:
     """Locked dropout on each layer's output for a training text of `train_chars` characters."""
-    r = max(train_chars, 1) / ANCHOR_CHARS
-    return round(min(max(ANCHOR_DROPOUT * r ** -0.75, 0.05), 0.5), 2)
+    return round(min(max(ANCHOR_DROPOUT * _ratio(train_chars) ** -0.75, 0.05), 0.5), 2)
 
 
 def max_epochs_for(train_chars: int) -> int:
     """Passes over a training text of `train_chars` characters before the schedule ends."""
-    r = max(train_chars, 1) / ANCHOR_CHARS
+    r = _ratio(train_chars)
     return round(max(50 * r, 4 / math.sqrt(r)))
+
+
+# (section, key) of each setting that takes `auto`, and its rule.
+RULES = {("tokenizer", "vocab_size"): vocab_size_for, ("model", "dropout"): dropout_for,
+         ("train", "max_epochs"): max_epochs_for}
 
 
 def fit_to_corpus(cfg: Config, train_chars: int) -> tuple[Config, list[str]]:
     """`cfg` with every `auto` value resolved for the training text, and `key value` notes
     of what was chosen (empty when nothing was `auto`)."""
-    chosen = []
-    tokenizer, model, train = cfg.tokenizer, cfg.model, cfg.train
-    if tokenizer.vocab_size == AUTO:
-        tokenizer = dataclasses.replace(tokenizer, vocab_size=vocab_size_for(train_chars))
-        chosen.append(f"tokenizer.vocab_size {tokenizer.vocab_size}")
-    if model.dropout == AUTO:
-        model = dataclasses.replace(model, dropout=dropout_for(train_chars))
-        chosen.append(f"model.dropout {model.dropout}")
-    if train.max_epochs == AUTO:
-        train = dataclasses.replace(train, max_epochs=max_epochs_for(train_chars))
-        chosen.append(f"train.max_epochs {train.max_epochs}")
-    return dataclasses.replace(cfg, tokenizer=tokenizer, model=model, train=train), chosen
+    sections, chosen = {}, []
+    for (section, key), rule in RULES.items():
+        part = sections.get(section, getattr(cfg, section))
+        if getattr(part, key) == AUTO:
+            sections[section] = dataclasses.replace(part, **{key: rule(train_chars)})
+            chosen.append(f"{section}.{key} {getattr(sections[section], key)}")
+    return dataclasses.replace(cfg, **sections), chosen
