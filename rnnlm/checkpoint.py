@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from rnnlm.errors import CannotWrite, RnnlmError
-from rnnlm.files import atomic_write
+from rnnlm.files import atomic_write, kept_note
 
 CHECKPOINT_FORMAT = 1
 REQUIRED_KEYS = ("format_version", "model", "config", "tokenizer", "vocab_size")
@@ -73,9 +73,7 @@ def save_checkpoint(path: str | Path, checkpoint: dict,
     try:
         atomic_write(path, lambda f: torch.save(to_cpu(checkpoint), f), durable=True, elsewhere=elsewhere)
     except OSError as e:  # not a full disk or a permission: an I/O error, a name too long, ...
-        kept = f"the previous {path.name} is kept, unchanged" if existed else f"no {path.name} was written"
-        cause = e.strerror or str(e)
-        raise CannotWrite(path, cause, kept, elsewhere) from None
+        raise CannotWrite(path, e.strerror or str(e), kept_note(path, existed), elsewhere) from None
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

@@ -59,8 +59,12 @@ def cannot_write(path: Path, error: BaseException, elsewhere: str, existed: bool
     if failure is None:
         return None
     cause, fix = failure
-    kept = f"the previous {path.name} is kept, unchanged" if existed else f"no {path.name} was written"
-    return CannotWrite(path, cause, kept, fix, elsewhere)
+    return CannotWrite(path, cause, kept_note(path, existed), fix, elsewhere)
+
+
+def kept_note(path: Path, existed: bool) -> str:
+    """What a failed write of `path` left: the old file, or none."""
+    return f"the previous {path.name} is kept, unchanged" if existed else f"no {path.name} was written"
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, durable: bool = False,

@@ -236,22 +236,20 @@ class TextStream:
     def add(self, token_id: int) -> str:
         """Take one token; returns the text it completes ("" when it is held back)."""
         self.ids.append(token_id)
-        if self.table is not None:
-            piece = self.utf8.decode(self.table[token_id])
-        else:
-            full = decode(self.tok, self.ids)
-            piece = full[len(self.text):] if full.startswith(self.text) else ""
-        self.text += piece
-        return piece
+        return self._give(self.utf8.decode(self.table[token_id]) if self.table is not None else self._decoded_rest())
 
     def close(self) -> str:
         """The rest of the text at the end of the sequence (a cut character is dropped)."""
-        if self.table is None:
-            full = decode(self.tok, self.ids)
-            piece = full[len(self.text):] if full.startswith(self.text) else ""
-            self.text += piece
-            return piece
-        return ""
+        return self._give(self._decoded_rest()) if self.table is None else ""
+
+    def _decoded_rest(self) -> str:
+        """What decoding all the ids adds to the text given out ("" if re-spacing changed it)."""
+        full = decode(self.tok, self.ids)
+        return full[len(self.text):] if full.startswith(self.text) else ""
+
+    def _give(self, piece: str) -> str:
+        self.text += piece
+        return piece
 
 
 def ends_mid_character(table: list[bytes] | None, ids) -> bool:
