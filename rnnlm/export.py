@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from rnnlm import tokenizer as tokenization
 from rnnlm.errors import RnnlmError
+from rnnlm.files import cannot_write
 from rnnlm.inference import load_model
 
 FORMATS = ("onnx",)
@@ -175,7 +176,8 @@ def _is_export(folder: Path) -> bool:
 
 def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False) -> dict:
     """Write the export folder `out` from `checkpoint`; returns its config with the check's
-    ``max_abs_diff`` (onnxruntime against PyTorch) added. The folder appears whole or not at all."""
+    ``max_abs_diff`` (onnxruntime against PyTorch) added. The folder appears whole or not at all;
+    a full or read-only disk is one line (a `CannotWrite`) and leaves no temporary folder."""
     if fmt not in FORMATS:
         raise RnnlmError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}")
     out = Path(out)
@@ -183,11 +185,12 @@ def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False)
     require_onnx()
     lm = load_model(checkpoint, "cpu")
     names = state_names(lm.model)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}"  # beside `out`, so the rename below is atomic
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    existed = out.exists()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         _write_onnx(StepGraph(lm.model), names, tmp / "model.onnx")
         diff = check_onnx(tmp / "model.onnx", lm)
         if not diff <= TOLERANCE:
@@ -199,6 +202,11 @@ def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+    except BaseException as e:  # a full or read-only disk is one line (files.cannot_write); the rest as it came
+        failure = cannot_write(out, e, "pass another --out", existed)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**config, "max_abs_diff": diff}

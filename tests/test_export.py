@@ -1,6 +1,7 @@
 """`rnnlm export`: the ONNX step function against PyTorch in onnxruntime, for every cell kind,
 the example that generates from the folder without torch, and the one-line errors."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -94,6 +95,22 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(capsys, tmp_path):
     bad.write_text("not a checkpoint")
     line = cli_line(capsys, ["export", "--checkpoint", str(bad), "--out", str(tmp_path / "o")])
     assert "not a PyTorch checkpoint" in line and not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_folder(capsys, tmp_path, monkeypatch):
+    for name in export.NEEDS:
+        pytest.importorskip(name)
+    run = train_tiny_run(tmp_path / "tiny", "train.max_steps=2")
+
+    def full_disk(graph, names, path):
+        path.write_bytes(b"part of a graph")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_onnx", full_disk)
+    line = cli_line(capsys, ["export", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "o")])
+    assert line == (f"error: cannot write {tmp_path / 'o'}: no space left on the device (no o was written); "
+                    "free some disk space or pass another --out")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".o") or p.name == "o"]
 
 
 def _onnx_logits(session, names, prompt_ids, steps):
