@@ -80,14 +80,17 @@ def activations(lm, text: str) -> Activations:
     kinds = state_kinds(model.cfg.cell)
     layers, hidden = len(model.layers), model.cfg.hidden_size
     # Row 0 is the zero state (characters before the first token), row i + 1 after token i.
-    per_token = torch.zeros(len(kinds), len(enc.ids) + 1, layers, hidden)
+    # Kept on the model's device while stepping and copied to the CPU once (not per token).
+    per_token = torch.zeros(len(kinds), len(enc.ids) + 1, layers, hidden, device=lm.device)
     state = model.init_state(1, lm.device)
     step = model.stepper()
-    for i, token in enumerate(enc.ids):
-        _, state = step(torch.tensor([token], device=lm.device), state)
+    tokens = torch.tensor(enc.ids, device=lm.device)
+    for i in range(len(enc.ids)):
+        _, state = step(tokens[i:i + 1], state)
         for l, layer_state in enumerate(state):
             for k in range(len(kinds)):
-                per_token[k, i + 1, l] = layer_state[k][0].float().cpu()
+                per_token[k, i + 1, l] = layer_state[k][0]
+    per_token = per_token.cpu()
     rows = char_rows(enc.offsets, len(text))
     return Activations(text, {kind: per_token[k, rows] for k, kind in enumerate(kinds)},
                        [tuple(o) for o in enc.offsets])

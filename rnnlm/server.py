@@ -97,8 +97,8 @@ def check_fields(data: dict, allowed: set) -> None:
         raise BadRequest(f"unknown field {unknown[0]!r}; the fields are {', '.join(sorted(allowed))}")
 
 
-def prompt_of(data: dict, key: str = "prompt") -> str:
-    text = field(data, key, str, "", hi=LIMITS["prompt_chars"])
+def prompt_of(data: dict, key: str = "prompt", limit: str = "prompt_chars") -> str:
+    text = field(data, key, str, "", hi=LIMITS[limit])
     if not text:
         raise BadRequest(f"{key} is empty; give some text")
     return text
@@ -248,9 +248,7 @@ async def api_activations(request: Request):
         raise BadRequest(f"source must be 'text' or 'validation', got {json.dumps(source)}")
     chars = field(data, "chars", int, 2000, lo=1, hi=LIMITS["passage_chars"])
     seed = field(data, "seed", int, None, lo=0, hi=2**63 - 1)
-    text = prompt_of(data, "text") if source == "text" else None
-    if text is not None and len(text) > LIMITS["passage_chars"]:
-        raise BadRequest(f"text is {len(text)} characters long; at most {LIMITS['passage_chars']} are drawn")
+    text = prompt_of(data, "text", limit="passage_chars") if source == "text" else None
     layer, unit = field(data, "layer", int, 0), field(data, "unit", int, 0)
     kind = field(data, "kind", str, "h", hi=10)
     top = field(data, "top", int, 5, lo=1, hi=LIMITS["top"])

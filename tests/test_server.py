@@ -97,6 +97,13 @@ def test_next_words_and_activations(served):
     assert len(data["ranked"]["quote"]) == 5
 
 
+def test_a_pasted_passage_may_be_as_long_as_a_validation_window(served):
+    port, _ = served
+    text = "abc " * 3_000  # 12,000 characters: over the prompt limit, within the passage limit
+    status, data = request(port, "POST", "/api/activations", {"text": text})
+    assert status == 200 and len(data["values"]) == len(text)
+
+
 def test_activations_of_a_validation_window(served, tmp_path):
     port, session = served
     path = tmp_path / "corpus.txt"
@@ -126,6 +133,7 @@ BAD = [
     ("/api/activations", {"text": "abc", "kind": "q"}, "unknown state 'q'"),
     ("/api/activations", {"text": "abc", "source": "web"}, "source must be"),
     ("/api/activations", {"text": ""}, "text is empty"),
+    ("/api/activations", {"text": "x" * 20_001}, "at most 20000"),
 ]
 
 
