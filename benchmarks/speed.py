@@ -52,7 +52,7 @@ from rnnlm import fused  # noqa: E402
 from rnnlm.cells import CELLS, RecurrentLayer  # noqa: E402
 from rnnlm.config import load_config  # noqa: E402
 from rnnlm.device import native_cpu_bf16  # noqa: E402
-from rnnlm.model import RNNLM  # noqa: E402
+from rnnlm.model import RNNLM, count_parameters  # noqa: E402
 
 # The reference each of our cells is measured against; the benchmark's own mapping.
 TORCH_LAYER = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -227,10 +227,6 @@ def bench_generate(cells, shapes, batches, rounds, reps) -> list[Row]:
 
 # Each minimal cell against the gated cell it simplifies.
 MIN_CELL_OF = {"mingru": "gru", "minlstm": "lstm"}
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def equal_parameter_width(cell: str, gated: str, hidden_size: int, num_layers: int) -> int:
