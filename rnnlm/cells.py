@@ -11,14 +11,14 @@ with G = 1 (rnn), 3 (gru: r, z, n) or 4 (lstm: i, f, g, o). The state is always 
 
 Two minimal cells (Feng et al., 2024, "Were RNNs All We Needed?"), minGRU and minLSTM,
 have no hidden-to-hidden weights: their gates read x_t alone, so the state follows a
-linear recurrence h_t = a_t * h_{t-1} + b_t (see scan.py). They hold ``weight_ih`` and
+linear recurrence h_t = a_t * h_{t-1} + (1 - a_t) * h~_t (see scan.py). They hold ``weight_ih`` and
 ``bias_ih`` only, and their state is ``(h,)``.
 
 ``RecurrentLayer`` unrolls a cell over a time-major sequence (T, B, I). Its default
 ``impl="fast"`` runs the whole sequence through ``rnnlm.fused``: the input projection of
 all steps in one matmul, a time loop that only does ``h @ W_hh^T`` and the gate
 arithmetic, and a backward pass through time written out by hand (for the minimal
-cells: their coefficients for all steps at once, then ``scan.linear_recurrence``).
+cells: their gates for all steps in one matmul, then ``scan.minimal_layer``).
 ``impl="reference"`` unrolls the per-step cell with plain autograd; tests hold the fast
 path to it.
 """
@@ -141,22 +141,18 @@ class LSTMCell(_Cell):
 
 
 class _MinimalCell(_Cell):
-    """A cell whose gates read x_t alone: h' = a * h + b with (a, b) = `coefficients(x)`,
-    for one step or all steps at once ((..., I) -> (..., H), (..., H))."""
+    """A cell whose gates read x_t alone: h' = a * h + (1 - a) * h~ with (a, h~) =
+    `coefficients(x)`, for one step or all steps at once ((..., I) -> (..., H) each)."""
 
     recurrent_weights = False
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def fast_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`coefficients` for the fast path (the same ops unless a cell writes its backward)."""
-        return self.coefficients(x)
-
     def forward(self, x: Tensor, state: State, weight_hh: Tensor | None = None) -> State:
         (h,) = state
-        a, b = self.coefficients(x)
-        return (a * h + b,)
+        a, h_tilde = self.coefficients(x)
+        return (a * h + (1 - a) * h_tilde,)
 
 
 class MinGRUCell(_MinimalCell):
@@ -164,25 +160,23 @@ class MinGRUCell(_MinimalCell):
 
         z  = sigmoid(W_z x + b_z)
         h~ = W_h x + b_h
-        h' = (1 - z) * h + z * h~                 = a * h + b,  a = 1 - z,  b = z * h~
+        h' = (1 - z) * h + z * h~                 (a = 1 - z: the share of h kept)
 
-    ``forward(x (B, I), (h,)) -> (h',)``. Its fast path runs `coefficients` as they are:
-    autograd's backward of three elementwise ops is as short as one written by hand.
+    ``forward(x (B, I), (h,)) -> (h',)``.
     """
 
     num_gates = 2
 
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z, h_tilde = F.linear(x, self.weight_ih, self.bias_ih).chunk(2, dim=-1)
-        z = torch.sigmoid(z)
-        return 1 - z, z * h_tilde
+        return 1 - torch.sigmoid(z), h_tilde
 
 
 class MinLSTMCell(_MinimalCell):
     """minLSTM: the LSTM without the hidden state in its gates, and without c (Feng et al., 2024):
 
         f  = sigmoid(W_f x + b_f),   i = sigmoid(W_i x + b_i),   h~ = W_h x + b_h
-        h' = f / (f + i) * h + i / (f + i) * h~   = a * h + b
+        h' = f / (f + i) * h + i / (f + i) * h~   (a = f / (f + i))
 
     The two gates are normalised to sum to one, so h stays a weighted average of the h~
     seen so far. ``forward(x (B, I), (h,)) -> (h',)``.
@@ -193,12 +187,7 @@ class MinLSTMCell(_MinimalCell):
     def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f, i, h_tilde = F.linear(x, self.weight_ih, self.bias_ih).chunk(3, dim=-1)
         f, i = torch.sigmoid(f), torch.sigmoid(i)
-        total = f + i
-        return f / total, i / total * h_tilde
-
-    def fast_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`coefficients` with the gates' backward written by hand (scan.minlstm_coefficients)."""
-        return scan.minlstm_coefficients(F.linear(x, self.weight_ih, self.bias_ih))
+        return f / (f + i), h_tilde
 
 
 # The class of each cell kind that config.CELL_KINDS names (and model.cell takes).
@@ -271,8 +260,8 @@ class RecurrentLayer(nn.Module):
             state = self.init_state(B, x.device, x.dtype)
         weight_hh = self._weight_hh()
         if self.impl == "fast" and not self.cell.recurrent_weights:
-            a, b = self.cell.fast_coefficients(x)  # (T, B, H) each: all steps in one matmul
-            y = scan.linear_recurrence(a, b, state[0])
+            gates = F.linear(x, self.cell.weight_ih, self.cell.bias_ih)  # (T, B, G*H): all steps in one matmul
+            y = scan.minimal_layer(self.cell_name, gates, state[0])
             return y, (y[-1],)
         if self.impl == "fast":
             c = self.cell

@@ -1,18 +1,28 @@
-"""The minimal cells' fast path (minGRU, minLSTM): the linear recurrence, with its
-backward by hand, and minLSTM's coefficients for all steps at once.
+"""The minimal cells' fast path (minGRU, minLSTM): every step of a layer from its gate
+pre-activations, with the backward pass written by hand.
 
-    h_t = a_t * h_{t-1} + b_t          (elementwise; a_t, b_t computed from x_t alone)
+Both cells keep a share a_t of the state and take the rest from a candidate h~_t:
 
-Because a_t and b_t do not depend on h, everything but this recurrence runs over all
-steps at once (cells.MinGRUCell.coefficients); here only one fused multiply-add per step
-is left, forward and backward. The backward is the same recurrence run in reverse:
+    h_t = a_t * h_{t-1} + (1 - a_t) * h~_t       (a_t and h~_t read x_t alone)
+    minGRU:  a = 1 - sigmoid(z_pre) = sigmoid(-z_pre)
+    minLSTM: a = f / (f + i),  f = sigmoid(f_pre),  i = sigmoid(i_pre)
 
-    g_t    = dL/dy_t + a_{t+1} * g_{t+1}      (g_{T-1} = dL/dy_{T-1} + dL/dh_T)
-    dL/da_t = g_t * h_{t-1},   dL/db_t = g_t,   dL/dh_0 = a_0 * g_0
+Because a and h~ do not depend on h, they are computed for all steps at once, and the
+time loop holds one fused op per step (torch.lerp). The backward runs the recurrence in
+reverse, with g_t = dL/dh_t through every path:
 
-so it keeps no graph of T small operations, as autograd through a Python loop would.
-The state is carried in float32 (or float64) even under bf16 autocast: an update
-a * h + b that is small next to h would be rounded away in bf16.
+    g_t = dL/dy_t + a_{t+1} * g_{t+1}                 (g_{T-1} = dL/dy_{T-1})
+    dL/dh~_t = (1 - a_t) * g_t,   dL/da_t = g_t * (h_{t-1} - h~_t),   dL/dh_0 = a_0 * g_0
+
+and then through the keep gate, with c = dL/da * a * (1 - a):
+
+    minGRU:  dz_pre = -c
+    minLSTM: df_pre = c * (1 - f),   di_pre = -c * (1 - i)
+
+Written out, this is one pass over the (T, B, H) tensors per term, where autograd would
+keep and run the graph of T small operations and of each elementwise step on its own.
+The state is carried in float32 (or float64) even under bf16 autocast: an update that is
+small next to h would be rounded away in bf16.
 """
 
 from __future__ import annotations
@@ -21,91 +31,87 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+NUM_GATES = {"mingru": 2, "minlstm": 3}  # z, h~ / f, i, h~
 
-def _forward(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
-    """y (T, B, H) with y_t = a_t * y_{t-1} + b_t, y_{-1} = h0."""
-    y = torch.empty_like(b)
-    A, B, Y = a.unbind(0), b.unbind(0), y.unbind(0)
+
+def keep_share(cell: str, gates: Tensor) -> tuple[Tensor, Tensor | None]:
+    """a, the share of the state kept, from the pre-activations (..., G*H) without h~;
+    with minLSTM's (f, i) after their sigmoid (its backward needs them), else None."""
+    H = gates.shape[-1] // (NUM_GATES[cell] - 1)
+    if cell == "mingru":
+        return torch.neg(gates[..., :H]).sigmoid_(), None
+    f_i = gates[..., : 2 * H].sigmoid()
+    f, i = f_i[..., :H], f_i[..., H:]
+    return f / (f + i), f_i
+
+
+def _forward(a: Tensor, h_tilde: Tensor, h0: Tensor) -> Tensor:
+    """y (T, B, H) with y_t = a_t * y_{t-1} + (1 - a_t) * h~_t, y_{-1} = h0."""
+    y = torch.empty_like(a)
+    A, C, Y = a.unbind(0), h_tilde.unbind(0), y.unbind(0)
     h = h0
     for t in range(len(Y)):
-        h = torch.addcmul(B[t], A[t], h, out=Y[t])
+        h = torch.lerp(C[t], h, A[t], out=Y[t])  # h~ + a (h - h~)
     return y
 
 
-class _LinearRecurrence(torch.autograd.Function):
+def _reverse(a: Tensor, dy: Tensor) -> Tensor:
+    """g (T, B, H) with g_t = dy_t + a_{t+1} * g_{t+1}: dL/dh_t through every path."""
+    g = torch.empty_like(dy)
+    A, DY, G = a.unbind(0), dy.unbind(0), g.unbind(0)
+    T = len(G)
+    G[T - 1].copy_(DY[T - 1])
+    for t in reversed(range(T - 1)):
+        torch.addcmul(DY[t], A[t + 1], G[t + 1], out=G[t])
+    return g
+
+
+class _MinimalLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
-        y = _forward(a, b, h0)
-        ctx.save_for_backward(a, h0, y)
+    def forward(ctx, cell: str, gates: Tensor, h0: Tensor) -> Tensor:
+        H = h0.shape[-1]
+        a, f_i = keep_share(cell, gates[..., :-H])
+        h_tilde = gates[..., -H:]
+        y = _forward(a, h_tilde, h0)
+        ctx.cell = cell
+        ctx.save_for_backward(a, h_tilde, h0, y, f_i)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: Tensor):
-        a, h0, y = ctx.saved_tensors
-        g = torch.empty_like(y)  # g_t = dL/dh_t through every path
-        A, DY, G = a.unbind(0), dy.unbind(0), g.unbind(0)
-        T = len(G)
-        G[T - 1].copy_(DY[T - 1])
-        for t in reversed(range(T - 1)):
-            torch.addcmul(DY[t], A[t + 1], G[t + 1], out=G[t])
-        da = torch.empty_like(g)  # g_t * h_{t-1}, without concatenating h0 and y
-        torch.mul(G[0], h0, out=da[0])
-        torch.mul(g[1:], y[:-1], out=da[1:])
-        dh0 = A[0] * G[0]
-        return da, g, dh0
+        a, h_tilde, h0, y, f_i = ctx.saved_tensors
+        H = h0.shape[-1]
+        g = _reverse(a, dy)
+        dgates = torch.empty(*g.shape[:-1], NUM_GATES[ctx.cell] * H, dtype=g.dtype, device=g.device)
+        torch.addcmul(g, g, a, value=-1, out=dgates[..., -H:])  # dh~ = g (1 - a)
+        minus_c = torch.empty_like(g)  # -dL/da * a, then * (1 - a): h~ - h_{t-1}, without concatenating h0 and y
+        torch.sub(h_tilde[0], h0, out=minus_c[0])
+        torch.sub(h_tilde[1:], y[:-1], out=minus_c[1:])
+        minus_c.mul_(g).mul_(a)
+        if ctx.cell == "mingru":
+            torch.addcmul(minus_c, minus_c, a, value=-1, out=dgates[..., :H])  # dz_pre = -c
+        else:
+            minus_c.addcmul_(minus_c, a, value=-1)
+            d_f_i = dgates[..., : 2 * H].unflatten(-1, (2, H))
+            m = minus_c.unsqueeze(-2)  # (..., 1, H): the same factor for f and i
+            torch.addcmul(m, m, f_i.view_as(d_f_i), value=-1, out=d_f_i)  # -c (1 - f), -c (1 - i)
+            d_f_i[..., 0, :].neg_()  # df_pre = c (1 - f)
+        return None, dgates, a[0] * g[0]
 
 
-def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
-    """y_t = a_t * y_{t-1} + b_t over a time-major (T, B, H) sequence from h0 (B, H).
+def minimal_layer(cell: str, gates: Tensor, h0: Tensor) -> Tensor:
+    """The outputs y (T, B, H) of a minGRU or minLSTM layer from its gate pre-activations
+    `gates` (T, B, G*H) = W_ih x + b_ih of all steps and its first state h0 (B, H).
 
     Runs in float32 at least (the inputs are cast up, the result stays float32), with
     the hand-written backward when autograd needs one.
     """
-    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    a, b, h0 = a.to(dtype), b.to(dtype), h0.to(dtype)
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
-        return _LinearRecurrence.apply(a, b, h0)
-    return _forward(a, b, h0)
-
-
-class _MinLSTMCoefficients(torch.autograd.Function):
-    """a = f / (f + i), b = i / (f + i) * h~ from the pre-activations (f, i, h~), with
-    f = sigmoid(f_pre), i = sigmoid(i_pre). With w = 1 - a = i / (f + i), the backward
-    is, by hand (autograd would keep and run twice the elementwise passes):
-
-        dw = db * h~ - da,     dh~ = db * w,     c = dw * a * w
-        di_pre = c * (1 - i),  df_pre = -c * (1 - f)
-    """
-
-    @staticmethod
-    def forward(ctx, gates: Tensor):
-        H = gates.shape[-1] // 3
-        f_i = gates[..., : 2 * H].sigmoid()
-        f, i, h_tilde = f_i[..., :H], f_i[..., H:], gates[..., 2 * H:]
-        a = f / (f + i)
-        b = torch.addcmul(h_tilde, a, h_tilde, value=-1)  # (1 - a) * h~
-        ctx.save_for_backward(f_i, a, h_tilde)
-        return a, b
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, da: Tensor, db: Tensor):
-        f_i, a, h_tilde = ctx.saved_tensors
-        H = a.shape[-1]
-        dgates = torch.empty(*a.shape[:-1], 3 * H, dtype=a.dtype, device=a.device)
-        torch.addcmul(db, db, a, value=-1, out=dgates[..., 2 * H:])  # dh~ = db * w = db (1 - a)
-        c = torch.mul(db, h_tilde).sub_(da).mul_(a)  # dw * a ...
-        c.addcmul_(c, a, value=-1)  # ... * w
-        c = c.unsqueeze(-2)  # (..., 1, H): the same factor for f and i
-        d_f_i = dgates[..., : 2 * H].view(*a.shape[:-1], 2, H)
-        torch.addcmul(c, c, f_i.view_as(d_f_i), value=-1, out=d_f_i)  # c (1 - f), c (1 - i)
-        d_f_i[..., 0, :].neg_()  # df_pre = -c (1 - f)
-        return dgates
-
-
-def minlstm_coefficients(gates: Tensor) -> tuple[Tensor, Tensor]:
-    """minLSTM's a and b (cells.MinLSTMCell.coefficients) from its pre-activations
-    (..., 3H) = W x + b for all steps, with the hand-written backward."""
-    return _MinLSTMCoefficients.apply(gates)
-
+    if cell not in NUM_GATES:
+        raise ValueError(f"minimal_layer runs {', '.join(NUM_GATES)}, not {cell!r}")
+    dtype = torch.promote_types(torch.promote_types(gates.dtype, h0.dtype), torch.float32)
+    gates, h0 = gates.to(dtype), h0.to(dtype)
+    if torch.is_grad_enabled() and (gates.requires_grad or h0.requires_grad):
+        return _MinimalLayer.apply(cell, gates, h0)
+    H = h0.shape[-1]
+    return _forward(keep_share(cell, gates[..., :-H])[0], gates[..., -H:], h0)

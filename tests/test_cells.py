@@ -304,8 +304,8 @@ def test_minimal_cell_follows_its_equations_with_input_weights_only(kind):
     x, h = torch.randn(B, I), torch.randn(B, H)
     (h_new,) = cell(x, (h,))
     torch.testing.assert_close(h_new, minimal_by_hand(kind, cell, x, h))
-    a, b = cell.coefficients(x)
-    torch.testing.assert_close(h_new, a * h + b)
+    a, h_tilde = cell.coefficients(x)
+    torch.testing.assert_close(h_new, a * h + (1 - a) * h_tilde)
 
 
 @pytest.mark.parametrize("kind", MIN_KINDS)
