@@ -44,7 +44,8 @@ def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7,
     """Median seconds of one training step (forward, backward, clipping, AdamW) of each
     trial's model at its train.precision, on random tokens, timed side by side
     (benchmarks.timing.interleaved).
-    The vocabulary size is tokenizer.vocab_size (the text is not read)."""
+    The vocabulary size is tokenizer.vocab_size; where a setting is `auto`, the training
+    text is read (not tokenized) to size it as training will."""
     import torch
 
     from rnnlm.device import choose_precision
@@ -52,7 +53,7 @@ def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7,
 
     steps = {}
     for i, overrides in enumerate(trial_overrides):
-        cfg = load_config(config, overrides)
+        cfg = sized_config(load_config(config, overrides))
         V, B, T = cfg.tokenizer.vocab_size, cfg.train.batch_size, cfg.train.seq_len
         torch.manual_seed(0)
         model = RNNLM(V, cfg.model).train()
@@ -63,6 +64,18 @@ def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7,
         steps[i] = at_precision(step, precision)
     secs = interleaved(steps, rounds, reps)
     return [secs[i] for i in range(len(trial_overrides))]
+
+
+def sized_config(cfg):
+    """`cfg` with its `auto` settings resolved for its training text (rnnlm.sizing), as
+    the trainer resolves them; the text is read only when something is `auto`."""
+    from rnnlm.config import AUTO
+    from rnnlm.data import splits_from_config
+    from rnnlm.sizing import RULES, fit_to_corpus
+
+    if all(getattr(getattr(cfg, section), key) != AUTO for section, key in RULES):
+        return cfg
+    return fit_to_corpus(cfg, len(splits_from_config(cfg, download=True)["train"]))[0]
 
 
 def run_trial(config: str, overrides: list[str], out_dir: Path) -> dict:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from rnnlm.cells import CELLS
-from rnnlm.data import read_splits
+from rnnlm.data import splits_from_config
 from rnnlm.errors import RnnlmError
 
 # Double quotes only: the straight one toggles, curly ones open or close. Single quotes
@@ -160,11 +160,8 @@ def ranked_units(acts: Activations, top: int = 5) -> dict[str, list[dict]]:
 def validation_text(cfg) -> str:
     """The validation split of the run's data, read as training read it (nothing is
     downloaded); one line saying why when the text is not there any more."""
-    dc = cfg.data
     try:
-        splits, _, _ = read_splits(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split,
-                                   valid_path=dc.valid_path, test_path=dc.test_path, url=None,
-                                   encoding=dc.encoding, errors=dc.errors, progress=False)
+        splits = splits_from_config(cfg)
     except (RnnlmError, OSError) as e:
         raise RnnlmError(f"the run's validation text is not available ({e}); paste a text instead") from None
     if not splits.get("valid", "").strip():

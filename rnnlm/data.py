@@ -249,6 +249,17 @@ def read_splits(path, *, pattern: str, separator: str, split: tuple, valid_path,
     return splits, source, text
 
 
+def splits_from_config(cfg, download: bool = False) -> dict[str, str]:
+    """The train/valid/test texts of a run config's `data` section, read and split as
+    training reads them, not tokenized; a missing War and Peace is downloaded only when
+    `download` is set."""
+    dc = cfg.data
+    splits, _, _ = read_splits(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split,
+                               valid_path=dc.valid_path, test_path=dc.test_path, url=dc.url if download else None,
+                               encoding=dc.encoding, errors=dc.errors, progress=False)
+    return splits
+
+
 def load_corpus(
     path,
     *,

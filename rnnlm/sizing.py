@@ -6,7 +6,7 @@ Each rule is anchored at War and Peace, where it gives the main config's own val
 scales with r = training characters / War and Peace's:
 
     tokenizer.vocab_size   4096 * sqrt(r), to the nearest power of two, in [512, 16384]
-    model.dropout          0.1 * r ** -0.75, two decimals, in [0.05, 0.5]
+    model.dropout          0.15 * r ** -0.5, two decimals, in [0.05, 0.5]
     train.max_epochs       the larger of 50 * r and 4 / sqrt(r)
 
 so a smaller text gets fewer, better-seen BPE merges, stronger dropout and a cosine
@@ -30,7 +30,7 @@ from rnnlm.config import AUTO, Config
 # the main config's value.
 ANCHOR_CHARS = 2_561_316
 ANCHOR_VOCAB = 4096
-ANCHOR_DROPOUT = 0.1
+ANCHOR_DROPOUT = 0.15
 
 
 def _ratio(train_chars: int) -> float:
@@ -46,7 +46,7 @@ def vocab_size_for(train_chars: int) -> int:
 
 def dropout_for(train_chars: int) -> float:
     """Locked dropout on each layer's output for a training text of `train_chars` characters."""
-    return round(min(max(ANCHOR_DROPOUT * _ratio(train_chars) ** -0.75, 0.05), 0.5), 2)
+    return round(min(max(ANCHOR_DROPOUT * _ratio(train_chars) ** -0.5, 0.05), 0.5), 2)
 
 
 def max_epochs_for(train_chars: int) -> int:

@@ -58,3 +58,19 @@ def test_runs_as_a_script_from_the_repository_root():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--equal-time" in done.stdout and "--trial" in done.stdout
+
+
+def test_equal_time_sizes_auto_settings_to_the_text_as_training_does(tmp_path, text_file):
+    # The model timed must be the one the trial trains: `auto` resolved from the training text.
+    from rnnlm.config import load_config
+    from rnnlm.data import splits_from_config
+    from rnnlm.sizing import vocab_size_for
+
+    overrides = tiny_overrides(tmp_path, text_file) + ["tokenizer.kind=bpe", "tokenizer.vocab_size=auto",
+                                                       "model.dropout=auto"]
+    cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
+    sized = sweep.sized_config(cfg)
+    assert sized.tokenizer.vocab_size == vocab_size_for(len(splits_from_config(cfg)["train"]))
+    assert isinstance(sized.model.dropout, float)
+    assert sweep.sized_config(sized) is sized  # nothing `auto`: the text is not read
+    assert len(sweep.step_seconds(str(REPO / "configs" / "tiny.yaml"), [overrides], rounds=1, reps=1)) == 1
