@@ -12,11 +12,13 @@ Same equations as the cells in ``rnnlm.cells`` (read those first), organised for
 * Without autograd (eval, generation) the same forward runs and nothing is kept.
 
 Two CPU-only measures, each chosen per device (CUDA gets plain torch ops, which its
-caching allocator and cuBLAS already serve well): the forward loop's matmul uses MKL's
-packed GEMM (`_StepMatmul`), and large buffers are reused between calls (`Workspace`).
-The rnn and gru backward loops' ``dgates @ W_hh`` is a plain ``addmm``: W_hh's row-major
-layout is already the one the product wants there, and packing would first need a
-transposed copy (the GRU layer: 5% faster at B=32, T=32, H=448); the LSTM's stays packed.
+caching allocator and cuBLAS already serve well): the time loops multiply by a weight
+packed once per call (`_StepMatmul`: MKL's packed GEMM in float32, oneDNN's reordered
+weight in bfloat16), and large buffers are reused between calls (`Workspace`). In
+float32 the rnn and gru backward loops' ``dgates @ W_hh`` is a plain ``addmm``: W_hh's
+row-major layout is already the one the product wants there, and packing would first
+need a transposed copy (the GRU layer: 5% faster at B=32, T=32, H=448); the LSTM's, and
+every loop's in bfloat16, is packed.
 
 Notation as in the cells: gates i, f, g, o (lstm) and r, z, n (gru); ``*_pre`` is a
 gradient wrt a gate's pre-activation; dX means dL/dX.
@@ -113,35 +115,42 @@ def transposed(w: Tensor) -> Tensor:
 
 
 _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+_ONEDNN_PACKED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class _StepMatmul:
-    """``acc + v @ W^T`` for many steps with the same W and batch: the forward loop's matmul.
+    """``acc + v @ W^T`` for many steps with the same W and batch: the time loops' matmul.
 
-    On CPU in float32 with MKL, W is packed once per call (``cblas_sgemm_pack``, through
-    ``torch.ops.mkl`` as torch.compile's CPU backend uses it), so no step re-packs it
-    (faster per step than ``addmm`` at training batch sizes; the packing costs less than
-    one step). Elsewhere (CUDA, float64, small batches): ``addmm`` with W^T laid
-    out by `transposed`.
+    On CPU, W is packed once per call in the layout of the library that multiplies it,
+    as torch.compile's CPU backend does, so no step re-packs it (the packing costs less
+    than one step): float32 through MKL's packed GEMM (``cblas_sgemm_pack``), faster per
+    step than ``addmm`` at training batch sizes; bfloat16 through oneDNN's reordered
+    weight, which AMX / AVX-512 BF16 multiply about 2.5x as fast as ``addmm``, which
+    reorders W at every call. Elsewhere (CUDA, float64, small batches, or float32 with
+    `pack_float32` off): ``addmm`` with W^T laid out by `transposed`.
     """
 
-    def __init__(self, w: Tensor, batch: int, steps: int):  # w: (out, in), as for F.linear
+    def __init__(self, w: Tensor, batch: int, steps: int, pack_float32: bool = True):  # w: (out, in), as for F.linear
         self.w, self.batch = w, batch
-        use_packed = _MKL_PACKED and w.device.type == "cpu" and w.dtype == torch.float32
-        self.packed = None
-        if use_packed and batch >= 8 and steps >= 4:  # below that, packing doesn't pay
-            try:
-                self.packed = torch.ops.mkl._mkl_reorder_linear_weight(w, batch)
-            except RuntimeError:  # an MKL build without the packed API: plain matmul
+        self.mkl = self.onednn = None
+        if w.device.type == "cpu" and batch >= 8 and steps >= 4:  # below that, packing doesn't pay
+            try:  # a build without the packed API: plain matmul
+                if _MKL_PACKED and pack_float32 and w.dtype == torch.float32:
+                    self.mkl = torch.ops.mkl._mkl_reorder_linear_weight(w, batch)
+                elif _ONEDNN_PACKED and w.dtype == torch.bfloat16:
+                    self.onednn = torch.ops.mkldnn._reorder_linear_weight(w, batch)
+            except RuntimeError:
                 pass
-        if self.packed is None:
+        if self.mkl is None and self.onednn is None:
             self.w_t = transposed(w)
 
     def __call__(self, acc: Tensor, v: Tensor, out: Tensor) -> Tensor:
         """out = acc + v @ W^T (``out`` may be ``acc``)."""
-        if self.packed is None:
-            return torch.addmm(acc, v, self.w_t, out=out)
-        return torch.add(acc, torch.ops.mkl._mkl_linear(v, self.packed, self.w, None, self.batch), out=out)
+        if self.mkl is not None:
+            return torch.add(acc, torch.ops.mkl._mkl_linear(v, self.mkl, self.w, None, self.batch), out=out)
+        if self.onednn is not None:
+            return torch.add(acc, torch.ops.mkldnn._linear_pointwise(v, self.onednn, None, "none", [], ""), out=out)
+        return torch.addmm(acc, v, self.w_t, out=out)
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -200,13 +209,14 @@ class _RNN(torch.autograd.Function):
         dgates = _empty(ctx.ws, y.shape, y)  # (T, B, H) gradient wrt the pre-activation
         dh = torch.empty_like(h0)  # (B, H)
         u = torch.empty_like(h0)
+        back = _StepMatmul(w_hh.t(), B, T, pack_float32=False)  # dgates @ W_hh
         DY, Y, DG = dy.unbind(0), y.unbind(0), dgates.unbind(0)
         for t in reversed(range(T)):
             # dh_t = dy_t + dgates_{t+1} @ W_hh  (the path through step t+1)
             if t == T - 1:
                 torch.add(DY[t], dh_T, out=dh)
             else:
-                torch.addmm(DY[t], DG[t + 1], w_hh, out=dh)
+                back(DY[t], DG[t + 1], out=dh)
             # dgates_t = dh_t * (1 - h_t^2)  (tanh')
             torch.mul(dh, Y[t], out=u)
             torch.addcmul(dh, u, Y[t], value=-1, out=DG[t])
@@ -379,6 +389,7 @@ class _GRU(torch.autograd.Function):
         torch.mul(n, n, out=dn_pre).sub_(1).mul_(z - 1)  # (1 - n^2) (1 - z)
         dh = torch.empty_like(h0)  # (B, H) dL/dh_t
         carry = torch.empty_like(h0)  # dy_{t-1} + z_t * dh_t: dL/dh_{t-1} but the path through W_hh
+        back = _StepMatmul(w_hh.t(), B, T, pack_float32=False)  # dgh @ W_hh
         DY, DGH, Z, R = dy.unbind(0), dgh.unbind(0), z.unbind(0), r.unbind(0)
         dN, dZ, dR, dHN = dn_pre.unbind(0), dz.unbind(0), dr.unbind(0), dhn.unbind(0)
         for t in reversed(range(T)):
@@ -386,7 +397,7 @@ class _GRU(torch.autograd.Function):
             if t == T - 1:
                 torch.add(DY[t], dh_T, out=dh)
             else:
-                torch.addmm(carry, DGH[t + 1], w_hh, out=dh)
+                back(carry, DGH[t + 1], out=dh)
             dN[t].mul_(dh)
             dZ[t].mul_(dh)
             dR[t].mul_(dN[t])

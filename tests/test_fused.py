@@ -39,11 +39,12 @@ def test_large_tensors_reuse_freed_pages():
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_fast_path_under_autocast_gives_fp32_gradients_close_to_fp32(cell):
+@pytest.mark.parametrize("batch", [3, 16])  # 16: the loops' matmuls run on packed weights (fused._StepMatmul)
+def test_fast_path_under_autocast_gives_fp32_gradients_close_to_fp32(cell, batch):
     # CUDA is not available here; CPU autocast to bfloat16 exercises the same casting in fused.run.
     torch.manual_seed(0)
     model = RNNLM(13, ModelConfig(cell=cell, hidden_size=16, num_layers=2))
-    x = torch.randint(0, 13, (3, 10))
+    x = torch.randint(0, 13, (batch, 10))
 
     def loss_and_grads():
         model.zero_grad()
@@ -62,3 +63,19 @@ def test_fast_path_under_autocast_gives_fp32_gradients_close_to_fp32(cell):
         assert torch.isfinite(g16).all()
         cos = torch.nn.functional.cosine_similarity(g32.flatten(), g16.flatten(), dim=0)
         assert cos > 0.98, cos
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pack_float32", [True, False])
+def test_step_matmul_is_acc_plus_v_times_w_transposed(dtype, pack_float32):
+    torch.manual_seed(0)
+    w, v, acc = torch.randn(48, 32), torch.randn(16, 32), torch.randn(16, 48)
+    mm = fused._StepMatmul(w.to(dtype), batch=16, steps=8, pack_float32=pack_float32)
+    if dtype == torch.bfloat16 and fused._ONEDNN_PACKED and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert mm.onednn is not None  # the reordered weight, not addmm's per-call reorder
+    if dtype == torch.float32 and fused._MKL_PACKED:
+        assert (mm.mkl is not None) == pack_float32
+    out = mm(acc.to(dtype), v.to(dtype), out=torch.empty(16, 48, dtype=dtype))
+    expected = acc + v.to(dtype).float() @ w.to(dtype).float().t()
+    tol = 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol / 10)
