@@ -11,8 +11,8 @@ with G = 1 (rnn), 3 (gru: r, z, n) or 4 (lstm: i, f, g, o). The state is always 
 
 Two minimal cells (Feng et al., 2024, "Were RNNs All We Needed?"), minGRU and minLSTM,
 have no hidden-to-hidden weights: their gates read x_t alone, so the state follows a
-linear recurrence h_t = a_t * h_{t-1} + (1 - a_t) * h~_t (see scan.py). They hold ``weight_ih`` and
-``bias_ih`` only, and their state is ``(h,)``.
+linear recurrence h_t = a_t * h_{t-1} + (1 - a_t) * h~_t (see scan.py). They hold
+``weight_ih`` and ``bias_ih`` only, and their state is ``(h,)``.
 
 ``RecurrentLayer`` unrolls a cell over a time-major sequence (T, B, I). Its default
 ``impl="fast"`` runs the whole sequence through ``rnnlm.fused``: the input projection of
