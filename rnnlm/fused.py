@@ -115,7 +115,9 @@ def transposed(w: Tensor) -> Tensor:
 
 
 _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-_ONEDNN_PACKED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN's bf16 kernels, where the CPU has them (elsewhere bf16 stays on addmm).
+_ONEDNN_PACKED = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                  and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class _StepMatmul:

@@ -71,7 +71,7 @@ def test_step_matmul_is_acc_plus_v_times_w_transposed(dtype, pack_float32):
     torch.manual_seed(0)
     w, v, acc = torch.randn(48, 32), torch.randn(16, 32), torch.randn(16, 48)
     mm = fused._StepMatmul(w.to(dtype), batch=16, steps=8, pack_float32=pack_float32)
-    if dtype == torch.bfloat16 and fused._ONEDNN_PACKED and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype == torch.bfloat16 and fused._ONEDNN_PACKED:
         assert mm.onednn is not None  # the reordered weight, not addmm's per-call reorder
     if dtype == torch.float32 and fused._MKL_PACKED:
         assert (mm.mkl is not None) == pack_float32
