@@ -116,7 +116,8 @@ def transposed(w: Tensor) -> Tensor:
 
 _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 # oneDNN's bf16 kernels, where the CPU has them (elsewhere bf16 stays on addmm).
-_ONEDNN_PACKED = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_ONEDNN_PACKED = (torch.backends.mkldnn.is_available()
+                  and all(hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_is_mkldnn_bf16_supported"))
                   and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -132,8 +133,8 @@ class _StepMatmul:
     `pack_float32` off): ``addmm`` with W^T laid out by `transposed`.
     """
 
-    def __init__(self, w: Tensor, batch: int, steps: int, pack_float32: bool = True):  # w: (out, in), as for F.linear
-        self.w, self.batch = w, batch
+    def __init__(self, w: Tensor, batch: int, steps: int, pack_float32: bool = True):
+        self.w, self.batch = w, batch  # w: (out, in), as for F.linear
         self.mkl = self.onednn = None
         if w.device.type == "cpu" and batch >= 8 and steps >= 4:  # below that, packing doesn't pay
             try:  # a build without the packed API: plain matmul
