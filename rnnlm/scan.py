@@ -31,13 +31,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-NUM_GATES = {"mingru": 2, "minlstm": 3}  # z, h~ / f, i, h~
+from rnnlm.config import MINIMAL_CELLS
 
 
-def keep_share(cell: str, gates: Tensor) -> tuple[Tensor, Tensor | None]:
-    """a, the share of the state kept, from the pre-activations (..., G*H) without h~;
-    with minLSTM's (f, i) after their sigmoid (its backward needs them), else None."""
-    H = gates.shape[-1] // (NUM_GATES[cell] - 1)
+def keep_share(cell: str, gates: Tensor, H: int) -> tuple[Tensor, Tensor | None]:
+    """a, the share of the state kept, from the pre-activations (..., G*H) (z, h~ or
+    f, i, h~); with minLSTM's (f, i) after their sigmoid (its backward needs them), else None."""
     if cell == "mingru":
         return torch.neg(gates[..., :H]).sigmoid_(), None
     f_i = gates[..., : 2 * H].sigmoid()
@@ -70,10 +69,10 @@ class _MinimalLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell: str, gates: Tensor, h0: Tensor) -> Tensor:
         H = h0.shape[-1]
-        a, f_i = keep_share(cell, gates[..., :-H])
+        a, f_i = keep_share(cell, gates, H)
         h_tilde = gates[..., -H:]
         y = _forward(a, h_tilde, h0)
-        ctx.cell = cell
+        ctx.cell, ctx.gates_width = cell, gates.shape[-1]
         ctx.save_for_backward(a, h_tilde, h0, y, f_i)
         return y
 
@@ -83,7 +82,7 @@ class _MinimalLayer(torch.autograd.Function):
         a, h_tilde, h0, y, f_i = ctx.saved_tensors
         H = h0.shape[-1]
         g = _reverse(a, dy)
-        dgates = torch.empty(*g.shape[:-1], NUM_GATES[ctx.cell] * H, dtype=g.dtype, device=g.device)
+        dgates = torch.empty(*g.shape[:-1], ctx.gates_width, dtype=g.dtype, device=g.device)
         torch.addcmul(g, g, a, value=-1, out=dgates[..., -H:])  # dh~ = g (1 - a)
         minus_c = torch.empty_like(g)  # -dL/da * a, then * (1 - a): h~ - h_{t-1}, without concatenating h0 and y
         torch.sub(h_tilde[0], h0, out=minus_c[0])
@@ -107,11 +106,11 @@ def minimal_layer(cell: str, gates: Tensor, h0: Tensor) -> Tensor:
     Runs in float32 at least (the inputs are cast up, the result stays float32), with
     the hand-written backward when autograd needs one.
     """
-    if cell not in NUM_GATES:
-        raise ValueError(f"minimal_layer runs {', '.join(NUM_GATES)}, not {cell!r}")
+    if cell not in MINIMAL_CELLS:
+        raise ValueError(f"minimal_layer runs {', '.join(MINIMAL_CELLS)}, not {cell!r}")
     dtype = torch.promote_types(torch.promote_types(gates.dtype, h0.dtype), torch.float32)
     gates, h0 = gates.to(dtype), h0.to(dtype)
     if torch.is_grad_enabled() and (gates.requires_grad or h0.requires_grad):
         return _MinimalLayer.apply(cell, gates, h0)
     H = h0.shape[-1]
-    return _forward(keep_share(cell, gates[..., :-H])[0], gates[..., -H:], h0)
+    return _forward(keep_share(cell, gates, H)[0], gates[..., -H:], h0)

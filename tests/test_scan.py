@@ -6,10 +6,13 @@ precision."""
 import pytest
 import torch
 
-from rnnlm.scan import NUM_GATES, minimal_layer
+from rnnlm.cells import CELLS as CELL_CLASSES
+from rnnlm.config import MINIMAL_CELLS
+from rnnlm.scan import minimal_layer
 
 T, B, H = 6, 3, 5
-CELLS = tuple(NUM_GATES)
+CELLS = MINIMAL_CELLS
+NUM_GATES = {cell: CELL_CLASSES[cell].num_gates for cell in CELLS}
 
 
 def inputs(cell, dtype=torch.float64, steps=T, requires_grad=False, seed=0):
