@@ -145,6 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rnnlm.config import check_sampling
     from rnnlm.inference import load_model
     from rnnlm.sample import generate, print_stream
+    from rnnlm.tokenizer import word_separator
 
     lm = load_model(args.checkpoint, args.device)
     sc = lm.config.sample
@@ -159,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.interactive:
         return interactive_generate(lm, opts)
     prompt = read_prompt(args, sc.prompt)
-    separator = " " if lm.config.tokenizer.kind == "word" else ""
+    separator = word_separator(lm.tokenizer)
     if args.num_samples == 1:
         # The prompt is shown with the first new text, so a bad option or prompt prints nothing.
         shown = []
@@ -209,21 +210,17 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rnnlm.evaluate import format_metrics, score_split, score_text_file
+    from rnnlm.evaluate import check_dynamic, format_metrics, score_split, score_text_file
     from rnnlm.inference import load_model
 
     if args.batch_size is not None and args.batch_size < 1 or args.seq_len < 1:
         raise RnnlmError("--batch-size and --seq-len must be at least 1")
-    if args.dynamic is not None and not (args.dynamic >= 0 and math.isfinite(args.dynamic)):
-        raise RnnlmError(f"--dynamic must be a learning rate >= 0, got {args.dynamic}")
+    check_dynamic(args.dynamic, args.dynamic_decay, args.dynamic_rms,
+                  options={"dynamic_lr": "--dynamic", "dynamic_decay": "--dynamic-decay", "dynamic_rms": "--dynamic-rms"})
     if args.dynamic is not None and args.batch_size not in (None, 1):
         raise RnnlmError("--dynamic scores the text as one stream: leave out --batch-size")
     if args.dynamic is None and (args.dynamic_rms or args.dynamic_decay):
         raise RnnlmError("--dynamic-rms and --dynamic-decay refine dynamic evaluation: add --dynamic LR")
-    if not 0 <= args.dynamic_decay < 1:
-        raise RnnlmError(f"--dynamic-decay must be in [0, 1), got {args.dynamic_decay}")
-    if args.dynamic_rms < 0:
-        raise RnnlmError(f"--dynamic-rms must be a number of tokens >= 1 (0 turns it off), got {args.dynamic_rms}")
     lm = load_model(args.checkpoint, args.device)
     batch_size = args.batch_size or lm.config.train.batch_size
     kwargs = dict(batch_size=batch_size, seq_len=args.seq_len, dynamic_lr=args.dynamic,

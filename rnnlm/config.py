@@ -129,8 +129,8 @@ class DataConfig:
     """Text encoding of the file."""
     errors: str = "strict"
     """What to do with undecodable bytes: strict (stop with the byte offset) | replace | ignore."""
-    cache_dir: str = "data/cache"
-    """Folder for cached tokenizers and token ids, so a second run does not re-tokenize."""
+    cache_dir: Optional[str] = "data/cache"
+    """Folder for cached tokenizers and token ids, so a second run does not re-tokenize (null: no cache)."""
 
     def __post_init__(self):
         self.split = tuple(self.split)

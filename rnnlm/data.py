@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from . import sizing
 from . import tokenizer as tokenization
-from .config import AUTO
+from .config import AUTO, DataConfig, TokenizerConfig
 from .errors import CannotWrite, RnnlmError
 from .files import atomic_write
-from .sizing import vocab_size_for
 
 SPLITS = ("train", "valid", "test")
 _START_MARK = "*** START OF"
@@ -225,24 +225,37 @@ class Corpus:
     source: str = ""  # what was read: the file, or "N files from FOLDER-OR-PATTERN"
 
 
-def read_splits(path, *, pattern: str, separator: str, split: tuple, valid_path, test_path, url: str | None,
-                encoding: str, errors: str, progress: bool) -> tuple[dict[str, str], str, str]:
-    """(train/valid/test texts, what was read, the text that identifies the data) of a
-    text to split, or of a pre-split dataset (see pre_split_layout), read as it is."""
-    read = functools.partial(read_documents, separator=separator, encoding=encoding, errors=errors)
-    valid_path, test_path, path = pre_split_layout(path, valid_path, test_path)
+@dataclass
+class CorpusText:
+    """A corpus read, cleaned and split, not yet tokenized."""
+
+    splits: dict[str, str]  # split -> its text ("" for a split the data leaves out)
+    source: str  # what was read, as Corpus.source
+    text_hash: str  # sha256 of the cleaned text, as Corpus.text_hash
+
+    @property
+    def chars(self) -> dict[str, int]:
+        return {name: len(self.splits[name]) for name in SPLITS}
+
+
+def read_splits(dc: DataConfig, *, may_download: bool = True, progress: bool = True) -> tuple[dict[str, str], str, str]:
+    """(train/valid/test texts, what was read, the text that identifies the data) of the
+    `data` section's text to split, or of a pre-split dataset (see pre_split_layout), read
+    as it is; a missing single file is downloaded from data.url only with `may_download`."""
+    read = functools.partial(read_documents, separator=dc.separator, encoding=dc.encoding, errors=dc.errors)
+    valid_path, test_path, path = pre_split_layout(dc.path, dc.valid_path, dc.test_path)
     if valid_path is not None:
-        splits = {"train": read(corpus_files(path, pattern)), "valid": read(corpus_files(valid_path, pattern)),
-                  "test": read(corpus_files(test_path, pattern)) if test_path is not None else ""}
+        splits = {"train": read(corpus_files(path, dc.glob)), "valid": read(corpus_files(valid_path, dc.glob)),
+                  "test": read(corpus_files(test_path, dc.glob)) if test_path is not None else ""}
         source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
         text = "\0".join(splits[name] for name in SPLITS)
     else:
-        files = corpus_files(path, pattern)
-        if len(files) == 1 and not files[0].exists() and url:
-            download(url, files[0], progress=progress)
+        files = corpus_files(path, dc.glob)
+        if len(files) == 1 and not files[0].exists() and dc.url and may_download:
+            download(dc.url, files[0], progress=progress)
         text = read(files)
         source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
-        splits = split_text(text, split) if text.strip() else {}
+        splits = split_text(text, dc.split) if text.strip() else {}
     if not any(t.strip() for t in splits.values()):
         raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
                          "header/footer; use another file")
@@ -253,84 +266,68 @@ def splits_from_config(cfg, download: bool = False) -> dict[str, str]:
     """The train/valid/test texts of a run config's `data` section, read and split as
     training reads them, not tokenized; a missing War and Peace is downloaded only when
     `download` is set."""
-    dc = cfg.data
-    splits, _, _ = read_splits(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split,
-                               valid_path=dc.valid_path, test_path=dc.test_path, url=dc.url if download else None,
-                               encoding=dc.encoding, errors=dc.errors, progress=False)
-    return splits
+    return read_splits(cfg.data, may_download=download, progress=False)[0]
 
 
-def load_corpus(
-    path,
-    *,
-    pattern: str = "**/*.txt",
-    separator: str = "\n",
-    split: tuple = (0.8, 0.1, 0.1),
-    valid_path=None,
-    test_path=None,
-    url: str | None = None,
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    tokenizer_kind: str = "bpe",
-    vocab_size: int | str = 4096,
-    cache_dir="data/cache",
-    tokenizer_json: str | None = None,
-    progress: bool = True,
-) -> Corpus:
-    """Read, clean, split and tokenize a text file, a folder's files matching `pattern` or
-    a glob's files (joined by `separator`; see corpus_files); download a single missing
-    file first when a ``url`` is given. A pre-split dataset (``valid_path``, or a folder
-    of train.txt / valid.txt / test.txt: see pre_split_layout) is read as it is split.
+def read_corpus(dc: DataConfig, *, progress: bool = True) -> CorpusText:
+    """Read, clean and split the `data` section's text (downloading a single missing file
+    from data.url): see read_splits."""
+    splits, source, text = read_splits(dc, progress=progress)
+    return CorpusText(splits=splits, source=source, text_hash=hashlib.sha256(text.encode("utf-8")).hexdigest())
 
-    The tokenizer is trained on the train split (``vocab_size="auto"``: a vocabulary sized
-    to it, see sizing.py), unless ``tokenizer_json`` is given (a
-    run being resumed or evaluated must use its own tokenizer). Tokenizer and ids are
-    cached in ``cache_dir`` under a hash of the cleaned text and the tokenizer settings,
-    so a second run skips tokenization; ``cache_dir=None`` turns the cache off.
+
+def tokenize_corpus(text: CorpusText, dc: DataConfig, tc: TokenizerConfig,
+                    tokenizer_json: str | None = None) -> Corpus:
+    """Tokenize the splits with a tokenizer of the `tokenizer` section trained on the train
+    split, or with ``tokenizer_json`` when given (a run being resumed or evaluated must use
+    its own tokenizer). tokenizer.vocab_size must be resolved (sizing.resolve_auto).
+
+    Tokenizer and ids are cached in data.cache_dir under a hash of the cleaned text and the
+    tokenizer settings, so a second run skips tokenization; a cache_dir of None turns the
+    cache off.
     """
-    splits, source, text = read_splits(path, pattern=pattern, separator=separator, split=split, valid_path=valid_path,
-                                       test_path=test_path, url=url, encoding=encoding, errors=errors,
-                                       progress=progress)
-    chars = {name: len(splits[name]) for name in SPLITS}
-    text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    if vocab_size == AUTO:
-        vocab_size = vocab_size_for(chars["train"])
-
     if tokenizer_json is not None:
         settings = ["given", tokenizer_json]  # kind and vocab_size play no part then
+    elif tc.vocab_size == AUTO:
+        raise ValueError("tokenizer.vocab_size is auto: resolve it first (sizing.resolve_auto)")
     else:
-        settings = [tokenizer_kind, str(vocab_size if tokenizer_kind != "char" else 0)]
-    if tuple(split) != (0.8, 0.1, 0.1):  # the default keys as it always has
-        settings.append(repr(tuple(float(f) for f in split)))
-    key = hashlib.sha256("\0".join([f"v{_CACHE_FORMAT}", text_hash, *settings]).encode("utf-8")).hexdigest()[:24]
-    cache_file = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
+        settings = [tc.kind, str(tc.vocab_size if tc.kind != "char" else 0)]
+    if tuple(dc.split) != (0.8, 0.1, 0.1):  # the default keys as it always has
+        settings.append(repr(tuple(float(f) for f in dc.split)))
+    key = hashlib.sha256("\0".join([f"v{_CACHE_FORMAT}", text.text_hash, *settings]).encode("utf-8")).hexdigest()[:24]
+    cache_file = Path(dc.cache_dir) / f"{key}.pt" if dc.cache_dir is not None else None
 
     cached = _load_cache(cache_file) if cache_file is not None else None
     if cached is not None:
         tok, ids = cached
-        return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source)
-
-    if tokenizer_json is not None:
-        tok = tokenization.from_json(tokenizer_json)
     else:
-        tok = tokenization.train_tokenizer(tokenizer_kind, splits["train"], vocab_size)
-    ids = {name: torch.tensor(tokenization.encode(tok, splits[name]), dtype=torch.long) for name in SPLITS}
-    if cache_file is not None:
-        _save_cache(cache_file, {
-            "format": _CACHE_FORMAT,
-            "tokenizer_json": tokenization.to_json(tok),
-            # int32 halves the file; any vocabulary fits.
-            "ids": {name: t.to(torch.int32) for name, t in ids.items()},
-        })
-    return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source)
+        tok = tokenization.from_json(tokenizer_json) if tokenizer_json is not None else \
+            tokenization.train_tokenizer(tc.kind, text.splits["train"], tc.vocab_size)
+        ids = {name: torch.tensor(tokenization.encode(tok, text.splits[name]), dtype=torch.long) for name in SPLITS}
+        if cache_file is not None:
+            _save_cache(cache_file, {
+                "format": _CACHE_FORMAT,
+                "tokenizer_json": tokenization.to_json(tok),
+                # int32 halves the file; any vocabulary fits.
+                "ids": {name: t.to(torch.int32) for name, t in ids.items()},
+            })
+    return Corpus(tokenizer=tok, ids=ids, chars=text.chars, text_hash=text.text_hash, source=text.source)
+
+
+def load_corpus(dc: DataConfig, tc: TokenizerConfig, *, tokenizer_json: str | None = None,
+                progress: bool = True) -> Corpus:
+    """Read, clean, split and tokenize the text the `data` section names: read_corpus, then
+    tokenize_corpus (tokenizer.vocab_size must not be `auto`)."""
+    return tokenize_corpus(read_corpus(dc, progress=progress), dc, tc, tokenizer_json)
 
 
 def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = True) -> Corpus:
-    """load_corpus with a run config's `data` and `tokenizer` sections (train, evaluate, tools)."""
-    dc, tc = cfg.data, cfg.tokenizer
-    return load_corpus(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split, valid_path=dc.valid_path,
-                       test_path=dc.test_path, url=dc.url, encoding=dc.encoding, errors=dc.errors, tokenizer_kind=tc.kind, vocab_size=tc.vocab_size,
-                       cache_dir=dc.cache_dir, tokenizer_json=tokenizer_json, progress=progress)
+    """The corpus of a run config (evaluation and tools): its `data` section read, its
+    `auto` sizes resolved for the text (sizing.fit_to_corpus), tokenized."""
+    text = read_corpus(cfg.data, progress=progress)
+    if sizing.needs_text(cfg):
+        cfg = sizing.fit_to_corpus(cfg, text.chars["train"])[0]
+    return tokenize_corpus(text, cfg.data, cfg.tokenizer, tokenizer_json)
 
 
 def _load_cache(file: Path):

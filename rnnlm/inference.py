@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from rnnlm import tokenizer as tokenization
-from rnnlm.checkpoint import load_checkpoint
+from rnnlm.checkpoint import STEP, SavedModel, field, load_checkpoint
 from rnnlm.config import Config, check_number, config_from_dict
 from rnnlm.device import resolve_device
 from rnnlm.errors import RnnlmError
@@ -64,7 +64,7 @@ class LoadedModel:
         `rnnlm.evaluate.evaluate_ids_dynamic` (one stream; the model itself is not changed).
         """
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("dynamic_rms", dynamic_rms)):
-            check_number(name, value, integer=True)  # dynamic_lr and dynamic_decay: evaluate_ids_dynamic
+            check_number(name, value, integer=True)  # the ranges: evaluate.check_dynamic
         return score_text(self, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr,
                           dynamic_decay=dynamic_decay, dynamic_rms=dynamic_rms)
 
@@ -78,12 +78,13 @@ def load_model(path, device: Optional[str] = None) -> LoadedModel:
     """Rebuild the model from a checkpoint on `device` (default: cuda if available, else cpu)."""
     dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = load_checkpoint(path, map_location=dev)
-    cfg = config_from_dict(ckpt["config"])
-    tok = tokenization.from_json(ckpt["tokenizer"])
-    model = RNNLM(ckpt["vocab_size"], cfg.model)
+    saved = SavedModel.of(ckpt)
+    cfg = config_from_dict(saved.config)
+    tok = tokenization.from_json(saved.tokenizer)
+    model = RNNLM(saved.vocab_size, cfg.model)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(saved.weights)
     except RuntimeError as e:
         raise RnnlmError(f"checkpoint {path} does not match its own model config ({str(e).splitlines()[0]})") from None
     model.to(dev).eval()
-    return LoadedModel(model, tok, cfg, dev, int(ckpt.get("step", 0)))
+    return LoadedModel(model, tok, cfg, dev, int(field(ckpt, STEP)))

@@ -24,9 +24,9 @@ import json
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from .config import TOKENIZER_KINDS
 from .errors import RnnlmError
 
-KINDS = ("bpe", "word", "char")
 UNK = "<unk>"
 
 # Word-level tokens: paragraph breaks, clitics ("’s", "’t" glue back onto their word when
@@ -50,8 +50,8 @@ def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:
     ``word`` (``<unk>`` included); ``char`` takes every character of ``text`` and
     ignores it. Pass the train split only, so that validation and test stay unseen.
     """
-    if kind not in KINDS:
-        raise RnnlmError(f"unknown tokenizer kind {kind!r}; use one of: {', '.join(KINDS)}")
+    if kind not in TOKENIZER_KINDS:
+        raise RnnlmError(f"unknown tokenizer kind {kind!r}; use one of: {', '.join(TOKENIZER_KINDS)}")
     if not isinstance(vocab_size, int) or vocab_size < 1:
         raise RnnlmError(f"tokenizer vocab_size must be a positive integer, got {vocab_size!r}")
     if kind == "bpe":
@@ -194,7 +194,7 @@ def _byte_level_alphabet() -> dict[str, int]:
 def token_bytes(tok: Tokenizer) -> list[bytes] | None:
     """The bytes of every token id of a byte-level BPE tokenizer; None for word and char,
     whose tokens are whole characters. A byte-level token may hold part of a character."""
-    if not isinstance(tok.decoder, decoders.ByteLevel):
+    if tokenizer_kind(tok) != "bpe":
         return None
     alphabet = _byte_level_alphabet()
     table = [b""] * tok.get_vocab_size()
@@ -296,6 +296,12 @@ def tokenizer_kind(tok: Tokenizer) -> str:
     if model == "WordLevel" and pre.get("type") == "Split" and pre.get("behavior") == "Isolated":
         return "char"
     return "word"
+
+
+def word_separator(tok: Tokenizer) -> str:
+    """What goes between a prompt and the text generated after it: a space for ``word``
+    (its tokens are words, decoded without the space before the first), else nothing."""
+    return " " if tokenizer_kind(tok) == "word" else ""
 
 
 def is_lossless(tok: Tokenizer) -> bool:

@@ -11,8 +11,16 @@ import torch
 
 from rnnlm import data
 from rnnlm import tokenizer as T
+from rnnlm.config import DataConfig, TokenizerConfig
 from rnnlm.errors import RnnlmError
 from tests.conftest import cli_line, small_text
+
+
+def load(path, kind="bpe", vocab_size=4096, tokenizer_json=None, **data_keys):
+    """data.load_corpus of `path` read with `data_keys` (by default: no download, no cache)."""
+    dc = DataConfig(path=str(path), **{"url": None, "cache_dir": None, **data_keys})
+    return data.load_corpus(dc, TokenizerConfig(kind=kind, vocab_size=vocab_size), tokenizer_json=tokenizer_json,
+                            progress=False)
 
 PROSE = "".join(
     f"Line {i} of the story, where Pierre and Natásha talk about the war.\n" + ("\n" if i % 5 == 4 else "")
@@ -177,7 +185,7 @@ def test_load_corpus_downloads_a_missing_file(http_root, tmp_path):
     root, base = http_root
     (root / "book.txt").write_text(PROSE, encoding="utf-8")
     target = tmp_path / "data" / "book.txt"
-    corpus = data.load_corpus(target, url=f"{base}/book.txt", tokenizer_kind="char", cache_dir=None, progress=False)
+    corpus = load(target, "char", url=f"{base}/book.txt")
     assert target.read_text(encoding="utf-8") == PROSE
     assert sum(corpus.chars.values()) == len(data.clean_text(PROSE))
 
@@ -228,7 +236,7 @@ def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
     path = tmp_path / "story.txt"
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
-    first = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
+    first = load(path, "bpe", 300, cache_dir=str(cache))
     assert len(list(cache.glob("*.pt"))) == 1
 
     def no_training(*args, **kwargs):
@@ -236,7 +244,7 @@ def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "train_tokenizer", no_training)
     monkeypatch.setattr(T, "encode", no_training)
-    second = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
+    second = load(path, "bpe", 300, cache_dir=str(cache))
     for split in data.SPLITS:
         assert torch.equal(first.ids[split], second.ids[split])
         assert second.ids[split].dtype == torch.long and second.ids[split].dim() == 1
@@ -247,7 +255,7 @@ def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
 def test_corpus_splits_decode_to_the_split_text(tmp_path):
     path = tmp_path / "story.txt"
     path.write_text(PROSE, encoding="utf-8")
-    corpus = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=None, progress=False)
+    corpus = load(path, "bpe", 300)
     splits = data.split_text(data.clean_text(PROSE))
     for split in data.SPLITS:
         assert T.decode(corpus.tokenizer, corpus.ids[split]) == splits[split]
@@ -258,12 +266,11 @@ def test_cache_key_depends_on_tokenizer_settings_and_given_tokenizer(tmp_path):
     path = tmp_path / "story.txt"
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
-    bpe = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
-    char = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    bpe = load(path, "bpe", 300, cache_dir=str(cache))
+    char = load(path, "char", cache_dir=str(cache))
     assert char.tokenizer.get_vocab_size() < 300 and len(list(cache.glob("*.pt"))) == 2
     # A given tokenizer (resume / evaluate) is used as is, not retrained.
-    given = data.load_corpus(path, tokenizer_kind="char", tokenizer_json=T.to_json(bpe.tokenizer),
-                             cache_dir=cache, progress=False)
+    given = load(path, "char", tokenizer_json=T.to_json(bpe.tokenizer), cache_dir=str(cache))
     assert T.to_json(given.tokenizer) == T.to_json(bpe.tokenizer)
     assert torch.equal(given.ids["valid"], bpe.ids["valid"])
 
@@ -272,27 +279,27 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path):
     path = tmp_path / "story.txt"
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
-    first = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    first = load(path, "char", cache_dir=str(cache))
     (entry,) = cache.glob("*.pt")
     entry.write_bytes(entry.read_bytes()[:100])  # truncated
-    again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    again = load(path, "char", cache_dir=str(cache))
     assert torch.equal(again.ids["train"], first.ids["train"])
     assert data._load_cache(entry) is not None  # rewritten whole
     entry_dict = torch.load(entry, weights_only=True)
     entry_dict["tokenizer_json"] = "{broken"
     torch.save(entry_dict, entry)
-    again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    again = load(path, "char", cache_dir=str(cache))
     assert torch.equal(again.ids["valid"], first.ids["valid"])
 
 
 def test_load_corpus_reports_a_missing_file_and_empty_content(tmp_path):
     with pytest.raises(RnnlmError, match="does not exist") as e:
-        data.load_corpus(tmp_path / "nope.txt", cache_dir=None, progress=False)
+        load(tmp_path / "nope.txt")
     one_line_error(e)
     only_license = tmp_path / "license.txt"
     only_license.write_text("*** START OF THE BOOK ***\n\n*** END OF THE BOOK ***\nlicense\n")
     with pytest.raises(RnnlmError, match="no text left") as e:
-        data.load_corpus(only_license, cache_dir=None, progress=False)
+        load(only_license)
     one_line_error(e)
 
 
@@ -421,13 +428,12 @@ def write_pre_split(folder: Path, test: bool = True) -> Path:
 
 def test_a_pre_split_folder_is_read_as_it_is_split(tmp_path):
     folder = write_pre_split(tmp_path / "wiki")
-    corpus = data.load_corpus(folder, tokenizer_kind="char", cache_dir=None)
+    corpus = load(folder, "char")
     assert corpus.source == f"pre-split: train {folder / 'train.txt'}, valid {folder / 'valid.txt'}, " \
                             f"test {folder / 'test.txt'}"
     for name in ("train", "valid", "test"):
         assert corpus.chars[name] == len((folder / f"{name}.txt").read_text(encoding="utf-8"))
-    named = data.load_corpus(folder / "train.txt", valid_path=folder / "valid.txt", tokenizer_kind="char",
-                             cache_dir=None)
+    named = load(folder / "train.txt", "char", valid_path=str(folder / "valid.txt"))
     assert named.chars["valid"] == corpus.chars["valid"] and named.chars["test"] == 0
     assert named.text_hash != corpus.text_hash
 

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rnnlm"
 # Each module may import only modules of a lower layer.
 LAYERS = [
     ["errors"],
-    ["config", "files"],
-    ["distributed", "device", "fused", "scan", "sizing", "tokenizer"],
+    ["config", "device", "files"],
+    ["distributed", "fused", "scan", "sizing", "tokenizer"],
     ["cells", "data", "checkpoint", "plots"],
     ["model"],
     ["evaluate", "optim"],
