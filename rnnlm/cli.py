@@ -216,7 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1 or args.seq_len < 1:
         raise RnnlmError("--batch-size and --seq-len must be at least 1")
     check_dynamic(args.dynamic, args.dynamic_decay, args.dynamic_rms,
-                  options={"dynamic_lr": "--dynamic", "dynamic_decay": "--dynamic-decay", "dynamic_rms": "--dynamic-rms"})
+                  options={"dynamic_lr": "--dynamic", "dynamic_decay": "--dynamic-decay",
+                           "dynamic_rms": "--dynamic-rms"})
     if args.dynamic is not None and args.batch_size not in (None, 1):
         raise RnnlmError("--dynamic scores the text as one stream: leave out --batch-size")
     if args.dynamic is None and (args.dynamic_rms or args.dynamic_decay):

@@ -100,7 +100,8 @@ def export_config(lm) -> dict:
     hidden = [layer.hidden_size for layer in m.layers]
     return {
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
-        "model": "model.onnx", "tokenizer": "tokenizer.json", "tokenizer_kind": tokenization.tokenizer_kind(lm.tokenizer),
+        "model": "model.onnx", "tokenizer": "tokenizer.json",
+        "tokenizer_kind": tokenization.tokenizer_kind(lm.tokenizer),
         "vocab_size": m.vocab_size, "cell": cfg.cell, "num_layers": len(m.layers),
         "embedding_size": cfg.embedding_size, "hidden_size": cfg.hidden_size, "tie_weights": cfg.tie_weights,
         "inputs": {"tokens": {"shape": ["batch", "T"], "dtype": "int64"}},

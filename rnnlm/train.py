@@ -408,8 +408,9 @@ class Trainer:
         bad = nonfinite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
                                  **({"averaged model": ema.module.state_dict()} if ema is not None else {})})
         if bad:
-            where = (f"the last good checkpoint is {self.on_disk.last} (step {self.on_disk.last_step})" if self.on_disk.last
-                     else "no checkpoint was written")
+            last = self.on_disk
+            where = f"the last good checkpoint is {last.last} (step {last.last_step})" if last.last else \
+                "no checkpoint was written"
             raise RnnlmError(f"not writing {path}: {', '.join(bad[:3])} hold NaN or inf after step "
                              f"{self.state.step}; {where}; lower optim.lr or set optim.clip_grad_norm")
         state = self.state.checkpoint_fields(self.device)
