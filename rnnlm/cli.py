@@ -1,4 +1,6 @@
-"""Command line: `rnnlm train | generate | evaluate` (also `rnnlm-train`, ... and scripts/*.py).
+"""Command line: `rnnlm COMMAND`, one subcommand for each entry of `COMMANDS` (train,
+generate, evaluate, plot, gradient-flow, predict, export, serve); `rnnlm-train`,
+`rnnlm-generate`, `rnnlm-evaluate` and scripts/*.py are the first three on their own.
 
 Every user-facing failure is an RnnlmError, printed here as one line `error: ...` with
 exit status 2 (a mistyped option too); a training run stopped by SIGINT or SIGTERM exits
