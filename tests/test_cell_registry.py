@@ -41,7 +41,8 @@ def leaky():
 
 
 def test_the_built_in_cells_are_registered_under_their_kind():
-    assert {kind: cls.kind for kind, cls in CELLS.items()} == {k: k for k in ("rnn", "gru", "lstm", "mingru", "minlstm")}
+    builtin = ("rnn", "gru", "lstm", "mingru", "minlstm")
+    assert {kind: cls.kind for kind, cls in CELLS.items()} == {k: k for k in builtin}
 
 
 def test_an_unknown_cell_is_one_line_naming_the_valid_ones():
@@ -87,7 +88,8 @@ def test_a_cell_without_fast_paths_runs_its_reference_in_both(leaky, impl):
 
 def test_no_module_but_cells_compares_a_cell_name():
     kinds = "|".join(CELLS)
-    comparison = re.compile(rf"""(==|!=)\s*["']({kinds})["']|["']({kinds})["']\s*(==|!=)|\bin\s*[(\[{{][^)\]}}]*["']({kinds})["']""")
+    name = rf"""["']({kinds})["']"""
+    comparison = re.compile(rf"""(==|!=)\s*{name}|{name}\s*(==|!=)|\bin\s*[(\[{{][^)\]}}]*{name}""")
     found = [f"{path.name}:{n}: {line.strip()}" for path in sorted(PACKAGE.glob("*.py")) if path.name != "cells.py"
              for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if comparison.search(line)]
     assert not found, found
