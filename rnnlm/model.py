@@ -194,7 +194,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class ModelBundle(Protocol):
-    """A trained model as inference uses it (``inference.LoadedModel`` is one): the
+    """A trained model as generation, prediction, scoring and the activations read it: the
     network in eval mode, its tokenizer, its config and the device it is on."""
 
     model: RNNLM
