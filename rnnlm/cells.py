@@ -7,7 +7,7 @@ A cell class owns everything about its kind:
   reads like the cell's equations;
 * ``sequence(x (T, B, I), state, weight_hh, ws) -> (y, new_state)``: the fast path over a
   whole sequence (the kernels of ``rnnlm.fused`` and ``rnnlm.scan``), held to the
-  reference by tests; by default the reference unrolled over time;
+  reference by tests; by default ``unroll``, the reference step by step;
 * ``token_kernel() -> kernel(x_t, state) -> new_state``: one step without autograd, its
   weights laid out once (generation); by default the reference;
 * its name (``kind``), its state's parts (``state_names``) and whether it has
@@ -30,9 +30,9 @@ have no hidden-to-hidden weights: their gates read x_t alone, so the state follo
 linear recurrence h_t = a_t * h_{t-1} + (1 - a_t) * h~_t (see scan.py). They hold
 ``weight_ih`` and ``bias_ih`` only, and their state is ``(h,)``.
 
-``RecurrentLayer`` unrolls a cell over a time-major sequence (T, B, I): with
+``RecurrentLayer`` runs a cell over a time-major sequence (T, B, I): with
 ``impl="fast"`` (the default) through the cell's ``sequence``, with ``impl="reference"``
-through its ``forward``, step by step with plain autograd.
+through its ``unroll``.
 """
 
 from __future__ import annotations
@@ -116,15 +116,20 @@ class Cell(nn.Module):
         overrides ``self.weight_hh`` (``RecurrentLayer`` passes its DropConnect-ed copy)."""
         raise NotImplementedError
 
-    def sequence(self, x: Tensor, state: State, weight_hh: Tensor | None,
-                 ws: fused.Workspace | None = None) -> tuple[Tensor, State]:
-        """All steps of x (T, B, I) from ``state``: (y (T, B, H), the last state). Here the
-        reference, one step at a time; ``ws`` keeps a fast path's buffers between calls."""
+    def unroll(self, x: Tensor, state: State, weight_hh: Tensor | None) -> tuple[Tensor, State]:
+        """The reference over x (T, B, I) from ``state``, one step at a time with plain
+        autograd: (y (T, B, H), the last state)."""
         ys = []
         for x_t in x:
             state = self(x_t, state, weight_hh=weight_hh)
             ys.append(state[0])
         return torch.stack(ys), state
+
+    def sequence(self, x: Tensor, state: State, weight_hh: Tensor | None,
+                 ws: fused.Workspace | None = None) -> tuple[Tensor, State]:
+        """The fast path over x (T, B, I) from ``state``: (y (T, B, H), the last state),
+        as `unroll`; ``ws`` keeps its buffers between calls. Here `unroll` itself."""
+        return self.unroll(x, state, weight_hh)
 
     def token_kernel(self) -> TokenKernel:
         """One step without autograd, the weights laid out for it once (``RecurrentLayer``
@@ -224,7 +229,7 @@ class LSTMCell(_FusedCell):
         return (h_new, c_new)
 
 
-class _MinimalCell(Cell):
+class MinimalCell(Cell):
     """A cell whose gates read x_t alone: h' = a * h + (1 - a) * h~, with the keep share a
     from the cell's ``keep_share`` and the candidate h~ the last H of the gates
     W_ih x + b_ih. Its fast paths are rnnlm.scan's, which read the same two methods."""
@@ -259,7 +264,7 @@ class _MinimalCell(Cell):
 
 
 @register
-class MinGRUCell(_MinimalCell):
+class MinGRUCell(MinimalCell):
     """minGRU: the GRU without the hidden state in its gates (Feng et al., 2024):
 
         z  = sigmoid(W_z x + b_z)
@@ -281,7 +286,7 @@ class MinGRUCell(_MinimalCell):
 
 
 @register
-class MinLSTMCell(_MinimalCell):
+class MinLSTMCell(MinimalCell):
     """minLSTM: the LSTM without the hidden state in its gates, and without c (Feng et al., 2024):
 
         f  = sigmoid(W_f x + b_f),   i = sigmoid(W_i x + b_i),   h~ = W_h x + b_h
@@ -373,7 +378,7 @@ class RecurrentLayer(nn.Module):
         weight_hh = self._weight_hh()
         if self.impl == "fast":
             return self.cell.sequence(x, tuple(state), weight_hh, ws=self._workspace)
-        return Cell.sequence(self.cell, x, state, weight_hh)  # the reference, step by step
+        return self.cell.unroll(x, state, weight_hh)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step; lean when no gradient is wanted (generation)."""

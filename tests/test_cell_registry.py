@@ -1,15 +1,17 @@
 """The cell registry: a cell kind is one class registered by name, and nothing else in the
 package knows the names. A toy cell registered here alone trains, resumes, generates,
-predicts and exports like the built-in ones."""
+predicts and exports like the built-in ones. And what inference needs of a model is the
+four fields of model.ModelBundle."""
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import read_metrics, small_text, tiny_config, train_tiny_run
+from conftest import read_metrics, small_text, tiny_config, train_tiny_run, untrained_lm
 from rnnlm.cells import CELLS, Cell, RecurrentLayer, cell_class, register
 from rnnlm.config import ModelConfig
 from rnnlm.errors import RnnlmError
@@ -124,3 +126,22 @@ def test_a_toy_cell_trains_resumes_generates_and_exports(leaky, tmp_path, capsys
     capsys.readouterr()
     assert main(["export", "--checkpoint", str(straight / "best.pt"), "--out", str(tmp_path / "onnx")]) == 0
     assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["bpe", "word"])
+def test_inference_needs_only_a_model_bundle(kind):
+    """Generation, prediction, scoring and the activations read the four fields of
+    model.ModelBundle and nothing else of a loaded model."""
+    from rnnlm.activations import activations
+    from rnnlm.evaluate import score_text
+    from rnnlm.predict import next_words
+    from rnnlm.sample import generate
+
+    loaded = untrained_lm(kind)
+    bundle = SimpleNamespace(model=loaded.model, tokenizer=loaded.tokenizer, config=loaded.config,
+                             device=loaded.device)
+    assert generate(bundle, "The army", max_new_tokens=5, seed=0) == generate(loaded, "The army", max_new_tokens=5,
+                                                                               seed=0)
+    assert next_words(bundle, "The army", k=3) == loaded.next_words("The army", k=3)
+    assert score_text(bundle, small_text(2)) == loaded.score(small_text(2))
+    assert activations(bundle, "The army.").values["h"].shape == (9, 1, 16)
