@@ -1,4 +1,6 @@
-"""Command line: `rnnlm train | generate | evaluate` (also `rnnlm-train`, ... and scripts/*.py).
+"""Command line: `rnnlm COMMAND`, one subcommand for each entry of `COMMANDS` (train,
+generate, evaluate, plot, gradient-flow, predict, export, serve); `rnnlm-train`,
+`rnnlm-generate`, `rnnlm-evaluate` and scripts/*.py are the first three on their own.
 
 Every user-facing failure is an RnnlmError, printed here as one line `error: ...` with
 exit status 2 (a mistyped option too); a training run stopped by SIGINT or SIGTERM exits
@@ -338,13 +340,14 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
 
 def _gradient_flow_setup(args: argparse.Namespace, trained: list):
     """The config (--config, else the first checkpoint's) and the cells to measure untrained."""
-    from rnnlm.config import CELL_KINDS, load_config
+    from rnnlm.cells import CELLS
+    from rnnlm.config import load_config
 
     cfg = load_config(args.config, args.overrides) if args.config else trained[0].config
     cells = args.cells.split(",") if args.cells else ([] if trained else [cfg.model.cell])
     for cell in cells:
-        if cell not in CELL_KINDS:
-            raise RnnlmError(f"--cells: unknown cell {cell!r}; use a comma-separated list of {', '.join(CELL_KINDS)}")
+        if cell not in CELLS:
+            raise RnnlmError(f"--cells: unknown cell {cell!r}; use a comma-separated list of {', '.join(CELLS)}")
     return cfg, cells
 
 

@@ -23,13 +23,11 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from rnnlm.cells import CELLS
 from rnnlm.errors import RnnlmError
 
 WAR_AND_PEACE_PATH = "data/war_and_peace.txt"
 WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
-CELL_KINDS = ("rnn", "gru", "lstm", "mingru", "minlstm")
-# The cells without hidden-to-hidden weights (cells.py checks that its classes agree).
-MINIMAL_CELLS = ("mingru", "minlstm")
 TOKENIZER_KINDS = ("bpe", "word", "char")
 # A value that keys such as tokenizer.vocab_size take to be sized to the training text (sizing.py).
 AUTO = "auto"
@@ -199,9 +197,8 @@ class ModelConfig:
     """Recurrent layer implementation: fast (default) | reference (plain per-step autograd)."""
 
     def __post_init__(self):
-        _check(self.cell in CELL_KINDS, "model.cell",
-               f"must be one of {', '.join(CELL_KINDS)}, got {self.cell!r}")
-        _check(not (self.weight_drop > 0 and self.cell in MINIMAL_CELLS), "model.weight_drop",
+        _check(self.cell in CELLS, "model.cell", f"must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _check(not (self.weight_drop > 0 and not CELLS[self.cell].recurrent_weights), "model.weight_drop",
                f"(DropConnect on W_hh) must be 0 for {self.cell}, which has no hidden-to-hidden weights")
         for name in ("hidden_size", "num_layers", "embedding_size"):
             value = getattr(self, name)

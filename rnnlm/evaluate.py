@@ -26,7 +26,7 @@ import torch
 from rnnlm import tokenizer as tokenization
 from rnnlm.data import corpus_from_config, read_text
 from rnnlm.errors import RnnlmError
-from rnnlm.model import RNNLM, detach_state, lm_loss
+from rnnlm.model import RNNLM, ModelBundle, detach_state, lm_loss
 
 
 def eval_streams(ids: torch.Tensor, num_streams: int, seq_len: int):
@@ -269,9 +269,9 @@ def format_metrics(name: str, m: dict) -> str:
             f"{m['bpc']:.4f} bits/char | {m['tokens']:,} tokens, {m['chars']:,} chars")
 
 
-def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128,
+def score_ids(lm: ModelBundle, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128,
               dynamic_lr: Optional[float] = None, dynamic_decay: float = 0.0, dynamic_rms: int = 0) -> dict:
-    """Metrics of a loaded model (inference.LoadedModel) on token ids covering n_chars characters.
+    """Metrics of a trained model on token ids covering n_chars characters.
 
     With ``dynamic_lr``, dynamic evaluation at that learning rate (one stream: batch_size
     does not apply), pulled back to the checkpoint's weights at ``dynamic_decay``, and
@@ -291,7 +291,7 @@ def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_
     return ids_metrics(nll, n, lm.tokenizer, ids, n_chars)
 
 
-def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
+def score_text(lm: ModelBundle, text: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
     """Metrics of a loaded model on any text, the hidden state carried across all of it.
 
     ``dynamic``: dynamic_lr, dynamic_decay, dynamic_rms of `score_ids`."""
@@ -301,7 +301,7 @@ def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128, **dyn
     return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len, **dynamic)
 
 
-def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encoding: Optional[str] = None,
+def score_text_file(lm: ModelBundle, path, *, batch_size: int = 32, seq_len: int = 128, encoding: Optional[str] = None,
                     errors: Optional[str] = None, **dynamic) -> dict:
     """score_text on a file read with `encoding` and `errors` (default: the checkpoint's
     data.encoding and data.errors); a bad file is named with the command's flags."""
@@ -311,12 +311,12 @@ def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encod
     return score_text(lm, text, batch_size=batch_size, seq_len=seq_len, **dynamic)
 
 
-def checkpoint_corpus(lm):
+def checkpoint_corpus(lm: ModelBundle):
     """The corpus a loaded model was trained on, encoded with its own tokenizer."""
     return corpus_from_config(lm.config, tokenizer_json=tokenization.to_json(lm.tokenizer), progress=False)
 
 
-def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
+def score_split(lm: ModelBundle, split: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
     """Metrics of a loaded model on one split of the corpus it was trained on."""
     corpus = checkpoint_corpus(lm)
     if not corpus.chars[split]:

@@ -30,8 +30,9 @@ from rnnlm.sample import generate
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with its tokenizer and config. Settings of `generate` left
-    as None come from the checkpoint's `sample` section."""
+    """A model in eval mode with its tokenizer, config and device (a `model.ModelBundle`)
+    and the step of its checkpoint. Settings of `generate` left as None come from the
+    checkpoint's `sample` section."""
 
     model: RNNLM
     tokenizer: object
@@ -53,7 +54,7 @@ class LoadedModel:
         """The k most likely next words after `prompt`, as (word, probability) pairs (see predict.py)."""
         check_number("k", k, integer=True)
         check_number("beam", beam, integer=True)
-        return next_words(self, prompt, k, beam=beam)
+        return next_words(self, prompt, k, beam=beam, classes=self.token_classes)
 
     def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None,
               dynamic_decay: float = 0.0, dynamic_rms: int = 0) -> dict:

@@ -4,9 +4,9 @@
     repeat max_new_tokens times:
         p = softmax(logits / temperature)      # filtered by top-k and top-p
         token ~ p                              # (temperature 0: the most likely token)
-        logits, state = model.step(token, state)
+        logits, state = step(token, state)     # model.stepper(): one token at a time
 
-`lm` below is an inference.LoadedModel (a model, its tokenizer and its device).
+`lm` below is a model.ModelBundle (the network, its tokenizer, config and device).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from rnnlm import tokenizer as tokenization
 from rnnlm.config import check_sampling
 from rnnlm.errors import RnnlmError
-from rnnlm.model import prime, select_state
+from rnnlm.model import ModelBundle, prime, select_state
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -71,7 +71,7 @@ FINISH_CHARACTER_TOKENS = 3
 
 
 @torch.no_grad()
-def generate(lm, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
+def generate(lm: ModelBundle, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
              top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: Optional[int] = None,
              on_text: Optional[Callable[[str], None]] = None) -> list[str]:
     """Continue `prompt` `num_samples` times; returns the continuations (without the prompt).

@@ -13,7 +13,7 @@ import torch
 from conftest import REPO, cli_line, train_tiny_run, untrained_lm
 from rnnlm import export
 from rnnlm import tokenizer as tokenization
-from rnnlm.config import CELL_KINDS
+from rnnlm.cells import CELLS
 
 PROMPT = "The prince spoke to"
 STEPS = 50
@@ -30,10 +30,10 @@ TRAIN = ["tokenizer.vocab_size=300", "train.max_steps=60", "model.hidden_size=48
 
 
 def test_settings_cover_every_cell_kind():
-    assert tuple(SETTINGS) == CELL_KINDS
+    assert tuple(SETTINGS) == tuple(CELLS)
 
 
-@pytest.mark.parametrize("cell", CELL_KINDS)
+@pytest.mark.parametrize("cell", tuple(CELLS))
 def test_step_graph_matches_the_model_in_pytorch(cell):
     """The graph that is exported (a scan over the reference cells), run in PyTorch, is the model."""
     lm = untrained_lm()
@@ -137,7 +137,7 @@ def _torch_logits(lm, prompt_ids, steps):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", CELL_KINDS)
+@pytest.mark.parametrize("cell", tuple(CELLS))
 def test_exported_model_matches_pytorch_in_onnxruntime(cell, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     for name in export.NEEDS:
