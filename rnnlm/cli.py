@@ -408,9 +408,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder to write model.onnx, tokenizer.json and config.json into (must not exist)")
+                   help="folder to write model.onnx, tokenizer.json and config.json into (new or empty)")
     p.add_argument("--format", default="onnx", help="export format (default and only one: onnx)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in --out (other files there are kept)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
