@@ -312,6 +312,14 @@ def test_a_prompt_file_that_is_not_a_text_file_is_one_line(checkpoints, capsys, 
     assert line == f"error: prompt file '{path}' {problem}; pass a UTF-8 text file with --prompt-file"
 
 
+def test_evaluate_text_that_is_a_device_or_a_pipe_is_one_line(checkpoints, capsys, tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for path, problem in [("/dev/zero", "is a character device"), (str(fifo), "is a named pipe (FIFO)")]:
+        line = cli_line(capsys, ["evaluate", "--checkpoint", checkpoints["char"], "--text", path])
+        assert line == f"error: text file {path} {problem}, not a regular file; set --text to a text file"
+
+
 def test_top_k_larger_than_the_vocabulary_is_clamped_with_a_warning(checkpoints, capsys):
     line = cli_line(capsys, ["generate", "--checkpoint", checkpoints["char"], "--top-k", "1000",
                              "--max-new-tokens", "5", "--prompt", "The army", "--seed", "1"], code=0, kind="warning")
