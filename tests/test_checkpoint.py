@@ -3,6 +3,7 @@ checkpoints hold only tensors and plain types, and loading one never runs code f
 whatever the file holds. How a stopped run leaves a checkpoint to resume from (SIGKILL,
 SIGINT/SIGTERM, a bug) is in test_train_resume.py."""
 
+import os
 import pickle
 import random
 
@@ -127,3 +128,11 @@ def test_truncated_and_foreign_files_give_one_line_errors_from_generate_and_eval
         assert "is truncated or corrupt" in seen[name]
     for name in ("random-bytes", "text"):
         assert "is not a PyTorch checkpoint" in seen[name]
+
+
+def test_a_checkpoint_that_is_a_named_pipe_is_one_line(tmp_path):
+    path = tmp_path / "best.pt"
+    os.mkfifo(path)  # torch.load would wait for a writer forever
+    with pytest.raises(RnnlmError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == f"checkpoint '{path}' is a named pipe (FIFO); pass a last.pt or best.pt written by training"
