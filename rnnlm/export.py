@@ -212,6 +212,10 @@ def _move_into_place(staged: Path, out: Path, earlier: list[str] | None) -> None
         staged.rename(out.resolve())
         return
     written = [p.name for p in staged.iterdir()]
+    theirs = [name for name in written if name not in earlier and os.path.lexists(out / name)]
+    if theirs:
+        raise RnnlmError(f"output folder {str(out)!r} holds {theirs[0]}, which no earlier export wrote; move it "
+                         "away or pass another --out (nothing was changed)")
     for name in written:
         os.replace(staged / name, out / name)
     for name in set(earlier) - set(written):
@@ -223,8 +227,10 @@ def _move_into_place(staged: Path, out: Path, earlier: list[str] | None) -> None
 
 def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False) -> dict:
     """Write the export folder `out` from `checkpoint`; returns its config with the check's
-    ``max_abs_diff`` (onnxruntime against PyTorch) added. The folder appears whole or not at all;
-    a full or read-only disk is one line (a `CannotWrite`) and leaves no temporary folder."""
+    ``max_abs_diff`` (onnxruntime against PyTorch) added. A new folder appears whole or not at
+    all; in an earlier export's folder the files are written first, then moved over the old ones
+    (see _move_into_place). A full or read-only disk is one line (a `CannotWrite`) and leaves no
+    temporary folder."""
     if fmt not in FORMATS:
         raise RnnlmError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}")
     out = Path(out)
@@ -243,8 +249,8 @@ def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False)
         if not diff <= TOLERANCE:
             raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {TOLERANCE:g}); "
                              "please report this with the checkpoint's config")
-        config = {**export_config(lm), "files": ["model.onnx", "tokenizer.json", "config.json"]}
         (tmp / "tokenizer.json").write_text(tokenization.to_json(lm.tokenizer), encoding="utf-8")
+        config = {**export_config(lm), "files": [*sorted(p.name for p in tmp.iterdir()), "config.json"]}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         _move_into_place(tmp, out, earlier)
     except BaseException as e:  # a full or read-only disk is one line (files.cannot_write); the rest as it came

@@ -148,6 +148,16 @@ def test_overwrite_removes_only_the_files_the_earlier_export_listed(quick_checkp
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "notes.txt", "tokenizer.json"]
 
 
+def test_overwrite_never_replaces_a_file_the_earlier_export_did_not_write(quick_checkpoint, quick_export, tmp_path):
+    out = tmp_path / "o"
+    _earlier_export(out)
+    (out / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT, "files": ["config.json"]}))
+    with pytest.raises(export.RnnlmError, match="holds model.onnx, which no earlier export wrote"):
+        export.export_model(quick_checkpoint, out, overwrite=True)
+    assert (out / "model.onnx").read_bytes() == b"old graph" and (out / "tokenizer.json").read_text() == "{}"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "tokenizer.json"]
+
+
 @pytest.mark.parametrize("where", ["..", "run"])
 def test_overwrite_refuses_a_folder_that_is_not_an_export_and_changes_nothing(
         where, quick_checkpoint, quick_export, tmp_path, monkeypatch, capsys):
