@@ -211,7 +211,7 @@ def _move_into_place(staged: Path, out: Path, earlier: list[str] | None) -> None
     if earlier is None:
         staged.rename(out.resolve())
         return
-    written = [p.name for p in staged.iterdir()]
+    written = sorted(p.name for p in staged.iterdir())
     theirs = [name for name in written if name not in earlier and os.path.lexists(out / name)]
     if theirs:
         raise RnnlmError(f"output folder {str(out)!r} holds {theirs[0]}, which no earlier export wrote; move it "

@@ -142,7 +142,8 @@ def test_overwrite_replaces_an_earlier_export_in_place_and_keeps_the_users_files
 def test_overwrite_removes_only_the_files_the_earlier_export_listed(quick_checkpoint, quick_export, tmp_path):
     out = tmp_path / "o"
     _earlier_export(out, "notes.txt", "weights.bin")
-    (out / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT, "files": ["weights.bin", "config.json"]}))
+    (out / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT, "files": ["weights.bin", "model.onnx",
+                                                                                      "tokenizer.json", "config.json"]}))
     export.export_model(quick_checkpoint, out, overwrite=True)
     # weights.bin was the earlier export's and is gone; model.onnx and tokenizer.json are the new export's
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "notes.txt", "tokenizer.json"]
