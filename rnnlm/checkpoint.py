@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rnnlm.errors import CannotWrite, RnnlmError
-from rnnlm.files import atomic_write, kept_note
+from rnnlm.files import atomic_write, kept_note, regular_file_problem
 
 CHECKPOINT_FORMAT = 1
 
@@ -163,6 +163,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
                          "written by training")
     if path.is_dir():
         raise RnnlmError(f"checkpoint {str(path)!r} is a directory; pass a file such as {path / 'best.pt'}")
+    problem = regular_file_problem(path)
+    if problem:  # a named pipe would wait for a writer forever
+        raise RnnlmError(f"checkpoint {str(path)!r} {problem}; pass a last.pt or best.pt written by training")
     try:
         with warnings.catch_warnings():  # torch's remarks on a foreign file; our one line says it all
             warnings.simplefilter("ignore")

@@ -100,7 +100,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (default: the checkpoint's sample.prompt; '-' reads stdin)")
-    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (other bytes become U+FFFD)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default: sample.max_new_tokens)")
     p.add_argument("--temperature", type=finite_float, default=None, help="softmax temperature; 0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0 = all)")
@@ -114,21 +114,41 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def read_prompt(args: argparse.Namespace, default: str) -> str:
+    """The prompt from --prompt-file, stdin ('-' or piped) or the argument, else `default`;
+    bytes that are not UTF-8 are replaced by U+FFFD with a warning (see sample.prompt_text)."""
+    from rnnlm.sample import prompt_text
+
     if args.prompt_file:
+        from rnnlm.files import regular_file_problem
+
         path = Path(args.prompt_file)
-        if not path.is_file():
-            raise RnnlmError(f"prompt file {str(path)!r} not found")
+        problem = regular_file_problem(path, fifo_ok=True)
+        if problem:
+            raise RnnlmError(f"prompt file {str(path)!r} {problem}; pass a UTF-8 text file with --prompt-file")
         try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise RnnlmError(f"prompt file {str(path)!r} is not UTF-8: byte 0x{e.object[e.start]:02x} at offset "
-                             f"{e.start}; save it as UTF-8") from None
-    if args.prompt == "-":
-        return sys.stdin.read()
-    if args.prompt is None and _stdin_has_data():
+            data = path.read_bytes()
+        except OSError as e:
+            raise RnnlmError(f"cannot read prompt file {str(path)!r} ({e.strerror}); check its permissions") from None
+        return prompt_text(data.decode("utf-8", "surrogateescape").removeprefix("\ufeff"), f"prompt file {path}")
+    if args.prompt == "-" or (args.prompt is None and _stdin_has_data()):
         # Piped text is the prompt; an empty stdin (/dev/null under cron or CI) is not.
-        return sys.stdin.read() or default
-    return default if args.prompt is None else args.prompt
+        return prompt_text(read_stdin(), "stdin") or (default if args.prompt is None else "")
+    return default if args.prompt is None else prompt_text(args.prompt, "the command line")
+
+
+def read_stdin() -> str:
+    """All of stdin, its undecodable bytes kept as surrogates for sample.prompt_text (see lenient_stdin)."""
+    lenient_stdin()
+    return sys.stdin.read()
+
+
+def lenient_stdin() -> None:
+    """Have stdin hand on bytes it cannot decode as surrogates, as the command line does,
+    instead of raising in the middle of a read."""
+    try:
+        sys.stdin.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):  # not a text stream of a file, or already read from
+        pass
 
 
 def _stdin_has_data() -> bool:
@@ -251,6 +271,7 @@ def interactive_generate(lm, opts: dict) -> int:
     from rnnlm.interactive import HELP, run_session, terminal_lines
 
     settings = {k: opts[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+    lenient_stdin()
     if sys.stdin.isatty():
         print(HELP, file=sys.stderr)
         lines = terminal_lines()
@@ -409,9 +430,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder to write model.onnx, tokenizer.json and config.json into (must not exist)")
+                   help="folder to write model.onnx, tokenizer.json and config.json into (new or empty)")
     p.add_argument("--format", default="onnx", help="export format (default and only one: onnx)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in --out (other files there are kept)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

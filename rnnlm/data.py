@@ -12,6 +12,7 @@ import functools
 import glob
 import hashlib
 import http.client
+import os
 import urllib.error
 import urllib.request
 import warnings
@@ -26,7 +27,7 @@ from . import sizing
 from . import tokenizer as tokenization
 from .config import AUTO, DataConfig, TokenizerConfig
 from .errors import CannotWrite, RnnlmError
-from .files import atomic_write
+from .files import atomic_write, regular_file_problem
 
 SPLITS = ("train", "valid", "test")
 _START_MARK = "*** START OF"
@@ -78,20 +79,25 @@ def download(url: str, path, progress: bool = True) -> Path:
 
 
 def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: str = "data file",
-              settings: tuple[str, str, str] = ("data.path", "data.encoding", "data.errors")) -> str:
-    """The text of a file, or a one-line RnnlmError saying what is wrong and how to fix it.
+              settings: tuple[str, str, str] = ("data.path", "data.encoding", "data.errors"),
+              empty_ok: bool = False) -> str:
+    """The text of a regular file, or a one-line RnnlmError saying what is wrong and how to fix it.
 
     `what` names the file in messages and `settings` the (path, encoding, errors) options a
     user changes to fix it: config keys for the training data, flags for a command's file.
-    A leading byte-order mark is dropped: it marks the encoding, it is not text.
+    A leading byte-order mark is dropped: it marks the encoding, it is not text. A file of
+    only whitespace is refused, unless `empty_ok` (one file of a folder's several).
     """
     path = Path(path)
     set_path, set_encoding, set_errors = settings
-    if not path.exists():
+    problem = regular_file_problem(path)
+    if problem == "does not exist":
         fetch = ", or data.url to download one there" if set_path == "data.path" else ""
         raise RnnlmError(f"{what} {path} does not exist; set {set_path} to a text file{fetch}")
-    if path.is_dir():
+    if problem == "is a directory":
         raise RnnlmError(f"{what} {path} is a directory; set {set_path} to a text file inside it")
+    if problem:  # a FIFO would wait for a writer, a device such as /dev/zero never ends
+        raise RnnlmError(f"{what} {path} {problem}, not a regular file; set {set_path} to a text file")
     try:
         codec = codecs.lookup(encoding)
         codecs.lookup_error(errors)
@@ -116,24 +122,25 @@ def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: st
         ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    if not text.strip():
+    if not text.strip() and not empty_ok:
         raise RnnlmError(f"{what} {path} is empty (or only whitespace); set {set_path} to a file with text in it")
     return text
 
 
 def corpus_files(path, pattern: str = "**/*.txt") -> list[Path]:
-    """The files `data.path` names: a file itself; a folder's files matching `pattern`
-    (recursively with ``**``) in name order; or a glob pattern's matches in name order."""
+    """The files `data.path` names: a file itself (also when its name holds ``*?[``); a
+    folder's files matching `pattern` (relative to it, recursively with ``**``) in name order;
+    or a glob pattern's matches in name order."""
     name = str(path)
-    if any(c in name for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(name, recursive=True) if Path(p).is_file())
+    if any(c in name for c in "*?[") and not Path(path).exists():
+        files = sorted(Path(p) for p in glob.glob(name, recursive=True) if not Path(p).is_dir())
         if not files:
             raise RnnlmError(f"data.path {name!r} matches no files; check the pattern (e.g. 'poems/*.txt') "
                              "or set data.path to a file or folder")
         return files
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.glob(pattern) if p.is_file())
+        files = sorted(p for p in _folder_matches(path, pattern) if not p.is_dir())
         if not files:
             raise RnnlmError(f"folder {path} has no files matching {pattern!r}; put text files in it or set "
                              "data.glob to the pattern of its files (e.g. '**/*.md')")
@@ -141,23 +148,57 @@ def corpus_files(path, pattern: str = "**/*.txt") -> list[Path]:
     return [path]
 
 
+def _folder_matches(folder: Path, pattern: str) -> list[Path]:
+    """`folder`.glob(`pattern`), with a pattern it cannot take (absolute, empty) as one line."""
+    try:
+        if Path(pattern).is_absolute():
+            raise NotImplementedError
+        return list(folder.glob(pattern))
+    except (NotImplementedError, ValueError):
+        raise RnnlmError(f"data.glob {pattern!r} is not a pattern relative to the folder {folder}; set data.glob "
+                         "to e.g. '**/*.txt', or data.path to the absolute pattern itself") from None
+
+
 def pre_split_layout(path, valid_path, test_path) -> tuple:
     """(valid_path, test_path, train path) of a pre-split dataset: as given, or, for a
     folder holding train.txt and valid.txt (and maybe test.txt; the PyTorch example's
-    layout), those files; (None, None, path) for a text to split."""
+    layout), those files; (None, None, path) for a text to split. A folder holding only
+    some of train.txt and valid.txt (say train.txt and test.txt) is refused, naming what is
+    missing, rather than read as a text to split."""
     folder = Path(path)
-    if valid_path is None and folder.is_dir() and (folder / "train.txt").is_file() and (folder / "valid.txt").is_file():
-        test = folder / "test.txt"
-        return folder / "valid.txt", test if test.is_file() else None, folder / "train.txt"
-    return valid_path, test_path, path
+    if valid_path is not None or not folder.is_dir():
+        return valid_path, test_path, path
+    present = [name for name in ("train.txt", "valid.txt", "test.txt") if (folder / name).is_file()]
+    if not present:
+        return None, None, path
+    missing = [name for name in ("train.txt", "valid.txt") if name not in present]
+    if missing:
+        raise RnnlmError(f"folder {folder} looks pre-split (it has {' and '.join(present)}) but has no "
+                         f"{' or '.join(missing)}; add {' and '.join(missing)}, or set data.valid_path, or move "
+                         f"{' and '.join(present)} out to have the folder's files split 80/10/10")
+    test = folder / "test.txt"
+    return folder / "valid.txt", test if test.is_file() else None, folder / "train.txt"
 
 
 def read_documents(files: list[Path], separator: str = "\n", encoding: str = "utf-8",
                    errors: str = "strict") -> str:
     """The files' texts, each cleaned (clean_text), joined by `separator`; a file that
-    cannot be read is named in a one-line error."""
-    texts = [clean_text(read_text(f, encoding=encoding, errors=errors)) for f in files]
-    return separator.join(t for t in texts if t)
+    cannot be read is named in a one-line error. Of several files, those with no text
+    (empty, or only a Project Gutenberg header) are skipped with a warning naming them;
+    only when none has text is that an error."""
+    if len(files) == 1:
+        return clean_text(read_text(files[0], encoding=encoding, errors=errors))
+    texts = [clean_text(read_text(f, encoding=encoding, errors=errors, empty_ok=True)) for f in files]
+    empty = [f for f, t in zip(files, texts) if not t.strip()]
+    where = os.path.commonpath([str(f.parent) for f in files])
+    if len(empty) == len(files):
+        raise RnnlmError(f"none of the {len(files)} files from {where} has text (each is empty, whitespace or "
+                         "only a Project Gutenberg header); put text in them or set data.path to another folder")
+    if empty:
+        shown = ", ".join(str(f) for f in empty[:3]) + (", ..." if len(empty) > 3 else "")
+        warnings.warn(f"skipped {len(empty)} of the {len(files)} files from {where}, which have no text: {shown}",
+                      stacklevel=2)
+    return separator.join(t for t in texts if t.strip())
 
 
 # ---------------------------------------------------------------------------------------

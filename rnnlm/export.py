@@ -154,42 +154,95 @@ def check_onnx(path: Path, lm, seed: int = 0) -> float:
     return float(np.abs(np.concatenate(logits, axis=1) - expected).max())
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing output folder unless `overwrite`; and then only an empty one or an earlier export."""
+# The files a format-version-1 export wrote, for an earlier export whose config.json has no "files" list.
+FIRST_EXPORT_FILES = ("model.onnx", "tokenizer.json", "config.json")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> list[str] | None:
+    """Check that the export may be written to `out`; returns None for a new folder, else the
+    names of the earlier export's files there, which the new export replaces (none for an empty
+    folder). A folder that is not empty is refused unless `overwrite`, and then unless it holds
+    an earlier export."""
+    if out.is_symlink() and not out.exists():
+        raise RnnlmError(f"output {str(out)!r} is a broken symbolic link; remove it or pass another --out")
     if not out.exists():
-        return
+        return None
     if not out.is_dir():
         raise RnnlmError(f"output {str(out)!r} is a file; pass a folder that does not exist yet with --out")
+    if not any(out.iterdir()):
+        return []
     if not overwrite:
         raise RnnlmError(f"output folder {str(out)!r} already exists; pass --overwrite to replace it "
                          "or another --out")
-    if any(out.iterdir()) and not _is_export(out):
+    earlier = _export_files(out)
+    if earlier is None:
         raise RnnlmError(f"output folder {str(out)!r} is not an rnnlm export and not empty; --overwrite "
                          "only replaces an earlier export: pass another --out")
+    return earlier
 
 
-def _is_export(folder: Path) -> bool:
+def _export_files(folder: Path) -> list[str] | None:
+    """The names of the files the export in `folder` wrote (its config.json's "files"), or None
+    when `folder` holds no rnnlm export. Only plain names count: never a path out of the folder."""
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        return None
+    files = config.get("files", FIRST_EXPORT_FILES)
+    if not isinstance(files, list | tuple):
+        return None
+    return [name for name in files if isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")]
+
+
+def _staging_folder(out: Path, earlier: list[str] | None) -> Path:
+    """Where the export is written before it is moved into place: inside an existing `out`
+    (any spelling of it: ".", "..", a symbolic link), else beside it, on the same disk either way."""
+    if earlier is not None:
+        return out / f".rnnlm-export-{os.getpid()}"
+    resolved = out.resolve()
+    return resolved.parent / f".{resolved.name}.export-{os.getpid()}"
+
+
+def _move_into_place(staged: Path, out: Path, earlier: list[str] | None) -> None:
+    """Make the staged export `out`: rename the staged folder to a new `out`; or, into an existing
+    folder, move each new file over its old one and remove the earlier export's files the new one
+    did not write. Nothing else in the folder is touched."""
+    if earlier is None:
+        staged.rename(out.resolve())
+        return
+    written = sorted(p.name for p in staged.iterdir())
+    theirs = [name for name in written if name not in earlier and os.path.lexists(out / name)]
+    if theirs:
+        raise RnnlmError(f"output folder {str(out)!r} holds {theirs[0]}, which no earlier export wrote; move it "
+                         "away or pass another --out (nothing was changed)")
+    for name in written:
+        os.replace(staged / name, out / name)
+    for name in set(earlier) - set(written):
+        old = out / name
+        if old.is_file() or old.is_symlink():
+            old.unlink()
+    staged.rmdir()
 
 
 def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False) -> dict:
     """Write the export folder `out` from `checkpoint`; returns its config with the check's
-    ``max_abs_diff`` (onnxruntime against PyTorch) added. The folder appears whole or not at all;
-    a full or read-only disk is one line (a `CannotWrite`) and leaves no temporary folder."""
+    ``max_abs_diff`` (onnxruntime against PyTorch) added. A new folder appears whole or not at
+    all; in an earlier export's folder the files are written first, then moved over the old ones
+    (see _move_into_place). A full or read-only disk is one line (a `CannotWrite`) and leaves no
+    temporary folder."""
     if fmt not in FORMATS:
         raise RnnlmError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}")
     out = Path(out)
-    _prepare_out(out, overwrite)
+    earlier = _prepare_out(out, overwrite)
     require_onnx()
     lm = load_model(checkpoint, "cpu")
     names = state_names(lm.model)
-    tmp = out.parent / f".{out.name}.export-{os.getpid()}"  # beside `out`, so the rename below is atomic
-    existed = out.exists()
+    tmp = _staging_folder(out, earlier)
+    existed = earlier is not None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         _write_onnx(StepGraph(lm.model), names, tmp / "model.onnx")
@@ -197,12 +250,10 @@ def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False)
         if not diff <= TOLERANCE:
             raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {TOLERANCE:g}); "
                              "please report this with the checkpoint's config")
-        config = export_config(lm)
         (tmp / "tokenizer.json").write_text(tokenization.to_json(lm.tokenizer), encoding="utf-8")
+        config = {**export_config(lm), "files": [*sorted(p.name for p in tmp.iterdir()), "config.json"]}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _move_into_place(tmp, out, earlier)
     except BaseException as e:  # a full or read-only disk is one line (files.cannot_write); the rest as it came
         failure = cannot_write(out, e, "pass another --out", existed)
         if failure is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -41,6 +42,10 @@ _NO_SPACE_AFTER = ["(", "[", "{", "“", "‘", "—", "-"]
 
 # Encoding is batched over chunks of about this many characters (see _chunks).
 _CHUNK_CHARS = 16_384
+# A surrogate code point alone: what Python makes of bytes that are not UTF-8 on the command
+# line or stdin (surrogateescape) and of a JSON "\ud83d" escape without its pair. No text
+# holds one, and the tokenizers refuse it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:
@@ -154,10 +159,18 @@ def _plain(c: str) -> bool:
     return c.isprintable() and not c.isspace()
 
 
+def replace_surrogates(text: str) -> tuple[str, int]:
+    """`text` with each lone surrogate replaced by U+FFFD (as decoding with errors=replace
+    does for a byte that is not UTF-8), and how many were replaced."""
+    return _SURROGATE.subn("\ufffd", text)
+
+
 def encode(tok: Tokenizer, text: str) -> list[int]:
-    """Token ids of ``text``; long texts are encoded in parallel chunks (same result)."""
+    """Token ids of ``text``; long texts are encoded in parallel chunks (same result). A lone
+    surrogate is encoded as U+FFFD (see replace_surrogates)."""
     if not text:
         return []
+    text = replace_surrogates(text)[0]
     ids: list[int] = []
     for enc in tok.encode_batch_fast(_chunks(text), add_special_tokens=False):
         ids.extend(enc.ids)
@@ -168,7 +181,7 @@ def unknown_words(tok: Tokenizer, text: str, limit: int = 5) -> list[str]:
     """The first `limit` pieces of ``text`` that encode to ``<unk>`` (read chunk by chunk,
     stopping once found, so a whole book is not encoded again to name a few)."""
     unk, found = unk_id(tok), []
-    for piece in _chunks(text):
+    for piece in _chunks(replace_surrogates(text)[0]):
         enc = tok.encode(piece, add_special_tokens=False)
         found += [piece[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk]
         if len(found) >= limit:

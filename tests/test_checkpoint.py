@@ -3,6 +3,7 @@ checkpoints hold only tensors and plain types, and loading one never runs code f
 whatever the file holds. How a stopped run leaves a checkpoint to resume from (SIGKILL,
 SIGINT/SIGTERM, a bug) is in test_train_resume.py."""
 
+import os
 import pickle
 import random
 
@@ -191,3 +192,11 @@ def test_a_checkpoint_written_before_the_schema_module_resumes(tmp_path, text_fi
     assert result["steps"] == resumed[STEP] == 9
     assert resumed[TOKENS_SEEN] == raw["tokens_seen"] + 3 * 4 * 16
     assert resumed[BEST_VAL_LOSS] <= raw["best_val_loss"]
+
+
+def test_a_checkpoint_that_is_a_named_pipe_is_one_line(tmp_path):
+    path = tmp_path / "best.pt"
+    os.mkfifo(path)  # torch.load would wait for a writer forever
+    with pytest.raises(RnnlmError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == f"checkpoint '{path}' is a named pipe (FIFO); pass a last.pt or best.pt written by training"

@@ -2,6 +2,7 @@
 
 import functools
 import http.server
+import os
 import socket
 import threading
 from pathlib import Path
@@ -354,6 +355,53 @@ def test_a_folder_is_its_text_files_in_name_order_joined_by_a_blank_line(tmp_pat
     assert data.corpus_files(str(folder / "**" / "*.txt")) == files
 
 
+@pytest.mark.parametrize("name", ["notes [draft].txt", "ch[1].txt", "what?.txt", "a*.txt"])
+def test_a_file_whose_name_looks_like_a_pattern_is_that_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("some text\n", encoding="utf-8")
+    (tmp_path / "abc.txt").write_text("another text, which the name as a pattern would match\n", encoding="utf-8")
+    (tmp_path / "what1.txt").write_text("another text, which the name as a pattern would match\n", encoding="utf-8")
+    assert data.corpus_files(path) == [path]
+    assert path in data.corpus_files(str(tmp_path / "*.txt"))  # a pattern that matches it is still a pattern
+
+
+@pytest.mark.parametrize("pattern", ["/abs/**/*.txt", ""])
+def test_a_glob_the_folder_cannot_take_is_one_line(tmp_path, pattern):
+    (tmp_path / "a.txt").write_text("text\n", encoding="utf-8")
+    with pytest.raises(RnnlmError, match="not a pattern relative to the folder") as e:
+        data.corpus_files(tmp_path, pattern)
+    one_line_error(e)
+
+
+def test_what_is_not_a_regular_file_is_refused_in_one_line(tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for path, problem in [(fifo, "is a named pipe (FIFO)"), (Path("/dev/zero"), "is a character device")]:
+        with pytest.raises(RnnlmError) as e:
+            data.read_text(path)  # would wait for a writer, or read until memory runs out
+        assert one_line_error(e) == f"data file {path} {problem}, not a regular file; set data.path to a text file"
+    (tmp_path / "real.txt").write_text("text\n", encoding="utf-8")
+    assert data.corpus_files(tmp_path) == [fifo, tmp_path / "real.txt"]  # a folder's member too, when read:
+    with pytest.raises(RnnlmError, match="named pipe"):
+        data.read_documents(data.corpus_files(tmp_path))
+
+
+def test_a_folder_skips_its_empty_files_with_a_warning_and_refuses_only_when_none_has_text(tmp_path):
+    (tmp_path / "a.txt").write_text("first\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("  \n", encoding="utf-8")
+    (tmp_path / "c.txt").write_text("*** START OF THE BOOK ***\n", encoding="utf-8")
+    (tmp_path / "d.txt").write_text("last\n", encoding="utf-8")
+    with pytest.warns(UserWarning) as caught:
+        assert data.read_documents(data.corpus_files(tmp_path)) == "first\n\nlast\n"
+    assert str(caught[0].message) == (f"skipped 2 of the 4 files from {tmp_path}, which have no text: "
+                                      f"{tmp_path / 'b.txt'}, {tmp_path / 'c.txt'}")
+    for name in ("a.txt", "d.txt"):
+        (tmp_path / name).write_text("", encoding="utf-8")
+    with pytest.raises(RnnlmError) as e:
+        data.read_documents(data.corpus_files(tmp_path))
+    assert one_line_error(e).startswith(f"none of the 4 files from {tmp_path} has text")
+
+
 def test_a_single_file_reads_as_before(tmp_path):
     path = tmp_path / "book.txt"
     path.write_text("one\r\ntwo\n", encoding="utf-8")
@@ -449,6 +497,17 @@ def test_a_pre_split_folder_trains_evaluates_and_resumes(tmp_path, capsys):
     result = train(tiny_config(tmp_path, folder, "train.max_steps=5", "train.resume=true"))
     assert result["steps"] == 5 and result["test"]["chars"] > 0
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test"]) == 0
+
+
+@pytest.mark.parametrize("present, missing", [(["train", "test"], "valid.txt"), (["valid", "test"], "train.txt"),
+                                              (["test"], "train.txt or valid.txt"), (["train"], "valid.txt")])
+def test_a_folder_that_is_half_pre_split_is_refused_naming_what_is_missing(tmp_path, present, missing):
+    folder = write_pre_split(tmp_path / "wiki")
+    for name in {"train", "valid", "test"} - set(present):
+        (folder / f"{name}.txt").unlink()
+    with pytest.raises(RnnlmError) as e:
+        load(folder, kind="char")
+    assert "looks pre-split" in one_line_error(e) and f"has no {missing};" in str(e.value)
 
 
 @pytest.mark.parametrize("overrides, message", [
