@@ -1,6 +1,8 @@
-"""Export a trained model to run without rnnlm or PyTorch: an ONNX step function that carries its state.
+"""Export a trained model: to run without rnnlm or PyTorch, an ONNX step function that carries
+its state (``--format onnx``); to share, a model folder in the hub's layout (``--format hf``,
+written by model_folder.write_folder: safetensors weights, config.json, tokenizer.json, a card).
 
-`export_model(checkpoint, out)` writes a self-contained folder:
+`export_model(checkpoint, out)` writes a self-contained ONNX folder:
 
     model.onnx      tokens (batch, T) int64 and the state in -> logits (batch, T, vocab) and the new state out
     tokenizer.json  the checkpoint's own tokenizer (Hugging Face `tokenizers`)
@@ -27,18 +29,20 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlm import model_folder
 from rnnlm import tokenizer as tokenization
 from rnnlm.errors import RnnlmError
 from rnnlm.files import cannot_write
 from rnnlm.inference import load_model
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "hf")
 EXPORT_FORMAT = "rnnlm-onnx"
 EXPORT_VERSION = 1
 INSTALL = 'pip install -e ".[export]"'
@@ -169,36 +173,35 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def _is_export(folder: Path) -> bool:
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+        kind = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("format")
+        return kind in (EXPORT_FORMAT, model_folder.FOLDER_FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False) -> dict:
-    """Write the export folder `out` from `checkpoint`; returns its config with the check's
-    ``max_abs_diff`` (onnxruntime against PyTorch) added. The folder appears whole or not at all;
+def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False,
+                 license: Optional[str] = None) -> dict:
+    """Write the export folder `out` from `checkpoint` (a .pt or a model folder) in format `fmt`;
+    returns its config.json, with the ONNX check's ``max_abs_diff`` (onnxruntime against PyTorch)
+    or the model card's ``measured`` scores added. The folder appears whole or not at all;
     a full or read-only disk is one line (a `CannotWrite`) and leaves no temporary folder."""
     if fmt not in FORMATS:
         raise RnnlmError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}")
     out = Path(out)
     _prepare_out(out, overwrite)
-    require_onnx()
+    if fmt == "onnx":
+        require_onnx()
     lm = load_model(checkpoint, "cpu")
-    names = state_names(lm.model)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}"  # beside `out`, so the rename below is atomic
     existed = out.exists()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write_onnx(StepGraph(lm.model), names, tmp / "model.onnx")
-        diff = check_onnx(tmp / "model.onnx", lm)
-        if not diff <= TOLERANCE:
-            raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {TOLERANCE:g}); "
-                             "please report this with the checkpoint's config")
-        config = export_config(lm)
-        (tmp / "tokenizer.json").write_text(tokenization.to_json(lm.tokenizer), encoding="utf-8")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if fmt == "onnx":
+            done = _write_onnx_folder(tmp, lm)
+        else:
+            done = model_folder.write_folder(tmp, lm, license=license)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -209,4 +212,18 @@ def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False)
         raise failure from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return done
+
+
+def _write_onnx_folder(folder: Path, lm) -> dict:
+    """model.onnx (checked in onnxruntime), tokenizer.json and config.json into `folder`;
+    returns the config with ``max_abs_diff`` added."""
+    _write_onnx(StepGraph(lm.model), state_names(lm.model), folder / "model.onnx")
+    diff = check_onnx(folder / "model.onnx", lm)
+    if not diff <= TOLERANCE:
+        raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {TOLERANCE:g}); "
+                         "please report this with the checkpoint's config")
+    config = export_config(lm)
+    (folder / "tokenizer.json").write_text(tokenization.to_json(lm.tokenizer), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return {**config, "max_abs_diff": diff}
