@@ -45,6 +45,8 @@ RUN_SECTIONS = ("data", "optim", "train", "sample")
 TRAINED_KEYS = ("step", "epoch", "tokens_seen", "elapsed_seconds")
 SAMPLE_TOKENS = 60  # length of the model card's sample completion
 EVAL_SEQ_LEN = 128  # the card's scores are those of `rnnlm evaluate --split valid|test`
+# An ONNX export's config.json format, export.EXPORT_FORMAT (export imports this module, not the reverse).
+ONNX_FORMAT = "rnnlm-onnx"
 FOLDER_HINT = "pass a best.pt or last.pt written by training, or a folder written by rnnlm export --format hf"
 
 
@@ -100,7 +102,7 @@ def _folder_config(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise RnnlmError(f"{file} is not readable JSON ({_why(e)}); {FOLDER_HINT}") from None
     kind = config.get("format") if isinstance(config, dict) else None
-    if kind == "rnnlm-onnx":
+    if kind == ONNX_FORMAT:
         raise RnnlmError(f"{str(path)!r} is an ONNX export, which runs in onnxruntime, not in rnnlm; pass the "
                          "checkpoint it came from, or a folder written by rnnlm export --format hf")
     if kind != FOLDER_FORMAT:

@@ -72,7 +72,8 @@ def test_weights_open_with_safetensors_alone(tmp_path):
     folder, _ = write(tmp_path, lm)
     code = ("import sys, json; sys.modules['torch'] = None; from safetensors.numpy import load_file; "
             "print(json.dumps({k: list(v.shape) for k, v in load_file(sys.argv[1]).items()}))")
-    done = subprocess.run([sys.executable, "-c", code, str(folder / "model.safetensors")], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, str(folder / "model.safetensors")], capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     expected = {k: list(v.shape) for k, v in lm.model.state_dict().items() if k != "decoder.weight"}
     assert json.loads(done.stdout) == expected
@@ -167,6 +168,12 @@ def test_a_broken_folder_is_one_line(tmp_path, capsys, case):
     breaking()
     line = cli_line(capsys, ["generate", "--checkpoint", str(folder), "--prompt", "x"], quiet=True)
     assert message in line, line
+
+
+def test_the_onnx_format_name_is_export_s():
+    from rnnlm import export
+
+    assert model_folder.ONNX_FORMAT == export.EXPORT_FORMAT
 
 
 def test_a_run_folder_points_at_its_best_pt(tmp_path, capsys):
