@@ -6,7 +6,8 @@ __all__ = ["RnnlmError", "load_model"]
 
 
 def load_model(path, device=None):
-    """A trained model from a checkpoint, ready to use from Python:
+    """A trained model from a checkpoint (.pt) or a model folder (rnnlm export --format hf),
+    ready to use from Python:
 
         lm = load_model("runs/war_and_peace/best.pt")
         lm.generate("Napoleon was the Emperor of", max_new_tokens=50, temperature=0.8)

@@ -43,6 +43,9 @@ def finite_float(text: str) -> float:
     return value
 
 
+CHECKPOINT_HELP = "a best.pt or last.pt written by training, or a model folder written by rnnlm export --format hf"
+
+
 def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command, turning user errors into one line and a non-zero exit code."""
     warnings.showwarning = _warning_line
@@ -97,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (default: the checkpoint's sample.prompt; '-' reads stdin)")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (other bytes become U+FFFD)")
@@ -208,7 +211,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--split", choices=["train", "valid", "test"], default=None,
                      help="a split of the checkpoint's corpus (default: test)")
@@ -396,7 +399,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.epilog = PREDICT_EPILOG
     p.add_argument("prompt", nargs="?", help="text whose next word is predicted ('-' reads stdin)")
     p.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (a long text: a book)")
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("-k", "--top-k", type=int, default=10, help="how many words to list (default 10)")
     p.add_argument("--beam", type=int, default=16,
                    help="partial words kept while searching bpe/char continuations (default 16)")
@@ -428,17 +431,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder to write model.onnx, tokenizer.json and config.json into (new or empty)")
-    p.add_argument("--format", default="onnx", help="export format (default and only one: onnx)")
+                   help="folder to write the export into (new, empty, or an earlier export): model.onnx, tokenizer.json and "
+                        "config.json; with --format hf model.safetensors, config.json, tokenizer.json, README.md")
+    p.add_argument("--format", default="onnx",
+                   help="onnx (default: a step function for onnxruntime) | hf (a model folder in the layout of "
+                        "Hugging Face's hub, which rnnlm loads with --checkpoint DIR)")
+    p.add_argument("--license", default=None,
+                   help="with --format hf: the license for the model card's metadata, e.g. mit (default: none)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in --out (other files there are kept)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from rnnlm.export import export_model
 
-    done = export_model(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite)
+    if args.license is not None and args.format != "hf":
+        raise RnnlmError("--license is for the model card of --format hf; leave it out for onnx")
+    done = export_model(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite, license=args.license)
+    if args.format == "hf":
+        print(f"wrote {args.out}: {hf_summary(done)}")
+        return 0
     state = ", ".join(s["name"] for s in done["state"])
     print(f"wrote {args.out}: model.onnx ({done['cell']} {done['num_layers']}x{done['hidden_size']}, "
           f"vocab {done['vocab_size']}, state {state}), tokenizer.json, config.json; "
@@ -446,12 +459,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def hf_summary(done: dict) -> str:
+    """What an hf export wrote, with the model card's scores."""
+    m, measured = done["model"], done["measured"]
+    scores = ", ".join(f"{split} {measured[split]['bpc']:.4f} bpc" for split in ("valid", "test") if split in measured)
+    return (f"model.safetensors ({m['cell']} {m['num_layers']}x{m['hidden_size']}, vocab {done['vocab_size']}), "
+            f"config.json, tokenizer.json, README.md ({scores or 'not scored: ' + measured.get('missing', '')})")
+
+
 # ---------------------------------------------------------------------------------------
 # serve
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
@@ -484,7 +505,8 @@ COMMANDS = {
     "gradient-flow": (add_gradient_flow_args, cmd_gradient_flow,
                       "plot ||dL_T/dh_t|| against the distance T - t: vanishing and exploding gradients"),
     "predict": (add_predict_args, cmd_predict, "the k most likely next words after a prompt, with probabilities"),
-    "export": (add_export_args, cmd_export, "write a checkpoint as ONNX with its tokenizer, to run without PyTorch"),
+    "export": (add_export_args, cmd_export,
+               "write a checkpoint as ONNX to run without PyTorch, or as a model folder to share (--format hf)"),
     "serve": (add_serve_args, cmd_serve, "a local web page: completions, next words and what the hidden units track"),
 }
 

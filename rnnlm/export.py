@@ -1,6 +1,8 @@
-"""Export a trained model to run without rnnlm or PyTorch: an ONNX step function that carries its state.
+"""Export a trained model: to run without rnnlm or PyTorch, an ONNX step function that carries
+its state (``--format onnx``); to share, a model folder in the hub's layout (``--format hf``,
+written by model_folder.write_folder: safetensors weights, config.json, tokenizer.json, a card).
 
-`export_model(checkpoint, out)` writes a self-contained folder:
+`export_model(checkpoint, out)` writes a self-contained ONNX folder:
 
     model.onnx      tokens (batch, T) int64 and the state in -> logits (batch, T, vocab) and the new state out
     tokenizer.json  the checkpoint's own tokenizer (Hugging Face `tokenizers`)
@@ -27,18 +29,20 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnlm import model_folder
 from rnnlm import tokenizer as tokenization
 from rnnlm.errors import RnnlmError
 from rnnlm.files import cannot_write
 from rnnlm.inference import load_model
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "hf")
 EXPORT_FORMAT = "rnnlm-onnx"
 EXPORT_VERSION = 1
 INSTALL = 'pip install -e ".[export]"'
@@ -155,7 +159,9 @@ def check_onnx(path: Path, lm, seed: int = 0) -> float:
 
 
 # The files a format-version-1 export wrote, for an earlier export whose config.json has no "files" list.
-FIRST_EXPORT_FILES = ("model.onnx", "tokenizer.json", "config.json")
+# The files an export of each format wrote before config.json listed them under "files".
+FIRST_EXPORT_FILES = {EXPORT_FORMAT: ("model.onnx", "tokenizer.json", "config.json"),
+                      model_folder.FOLDER_FORMAT: ("model.safetensors", "config.json", "tokenizer.json", "README.md")}
 
 
 def _prepare_out(out: Path, overwrite: bool) -> list[str] | None:
@@ -188,9 +194,9 @@ def _export_files(folder: Path) -> list[str] | None:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+    if not isinstance(config, dict) or config.get("format") not in FIRST_EXPORT_FILES:
         return None
-    files = config.get("files", FIRST_EXPORT_FILES)
+    files = config.get("files", FIRST_EXPORT_FILES[config["format"]])
     if not isinstance(files, list | tuple):
         return None
     return [name for name in files if isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")]
@@ -226,9 +232,11 @@ def _move_into_place(staged: Path, out: Path, earlier: list[str] | None) -> None
     staged.rmdir()
 
 
-def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False) -> dict:
-    """Write the export folder `out` from `checkpoint`; returns its config with the check's
-    ``max_abs_diff`` (onnxruntime against PyTorch) added. A new folder appears whole or not at
+def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False,
+                 license: Optional[str] = None) -> dict:
+    """Write the export folder `out` from `checkpoint` (a .pt or a model folder) in format `fmt`;
+    returns its config.json, with the ONNX check's ``max_abs_diff`` (onnxruntime against PyTorch)
+    or the model card's ``measured`` scores added. A new folder appears whole or not at
     all; in an earlier export's folder the files are written first, then moved over the old ones
     (see _move_into_place). A full or read-only disk is one line (a `CannotWrite`) and leaves no
     temporary folder."""
@@ -236,23 +244,20 @@ def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False)
         raise RnnlmError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}")
     out = Path(out)
     earlier = _prepare_out(out, overwrite)
-    require_onnx()
+    if fmt == "onnx":
+        require_onnx()
     lm = load_model(checkpoint, "cpu")
-    names = state_names(lm.model)
     tmp = _staging_folder(out, earlier)
     existed = earlier is not None
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write_onnx(StepGraph(lm.model), names, tmp / "model.onnx")
-        diff = check_onnx(tmp / "model.onnx", lm)
-        if not diff <= TOLERANCE:
-            raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {TOLERANCE:g}); "
-                             "please report this with the checkpoint's config")
-        (tmp / "tokenizer.json").write_text(tokenization.to_json(lm.tokenizer), encoding="utf-8")
-        config = {**export_config(lm), "files": [*sorted(p.name for p in tmp.iterdir()), "config.json"]}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if fmt == "onnx":
+            done = _write_onnx_folder(tmp, lm)
+        else:
+            done = model_folder.write_folder(tmp, lm, license=license)
+        _list_files(tmp)
         _move_into_place(tmp, out, earlier)
     except BaseException as e:  # a full or read-only disk is one line (files.cannot_write); the rest as it came
         failure = cannot_write(out, e, "pass another --out", existed)
@@ -261,4 +266,26 @@ def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False)
         raise failure from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return done
+
+
+def _list_files(folder: Path) -> None:
+    """Name every file of the export in its config.json ("files"), so a later --overwrite
+    replaces exactly these and nothing else that lies beside them."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["files"] = sorted({*(p.name for p in folder.iterdir()), "config.json"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_onnx_folder(folder: Path, lm) -> dict:
+    """model.onnx (checked in onnxruntime), tokenizer.json and config.json into `folder`;
+    returns the config with ``max_abs_diff`` added."""
+    _write_onnx(StepGraph(lm.model), state_names(lm.model), folder / "model.onnx")
+    diff = check_onnx(folder / "model.onnx", lm)
+    if not diff <= TOLERANCE:
+        raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {TOLERANCE:g}); "
+                         "please report this with the checkpoint's config")
+    config = export_config(lm)
+    (folder / "tokenizer.json").write_text(tokenization.to_json(lm.tokenizer), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return {**config, "max_abs_diff": diff}

@@ -77,7 +77,7 @@ def test_existing_output_folder_is_refused_unless_overwrite(capsys, tmp_path):
     line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(out), "--overwrite"])
     assert "not an rnnlm export" in line and (out / "notes.txt").exists()
     (out / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT}))
-    assert export._prepare_out(out, overwrite=True) == list(export.FIRST_EXPORT_FILES)  # an earlier export
+    assert export._prepare_out(out, overwrite=True) == list(export.FIRST_EXPORT_FILES[export.EXPORT_FORMAT])  # an earlier export
     (tmp_path / "empty").mkdir()
     assert export._prepare_out(tmp_path / "empty", overwrite=False) == []  # an empty folder needs no --overwrite
 

@@ -21,7 +21,7 @@ LAYERS = [
     ["data", "checkpoint", "plots"],
     ["model"],
     ["evaluate", "optim"],
-    ["sample", "train_state", "run_dir", "gradflow"],
+    ["sample", "train_state", "run_dir", "gradflow", "model_folder"],
     ["predict", "train", "activations"],
     ["inference"],
     ["interactive", "export", "server"],
@@ -75,7 +75,8 @@ def test_no_import_cycles():
 
 
 def test_inference_never_imports_training():
-    for module in ("inference", "sample", "predict", "evaluate", "interactive", "export", "activations", "server"):
+    for module in ("inference", "sample", "predict", "evaluate", "interactive", "export", "activations", "server",
+                   "model_folder"):
         assert not closure(module) & TRAINING, (module, closure(module) & TRAINING)
 
 
