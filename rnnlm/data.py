@@ -150,13 +150,14 @@ def corpus_files(path, pattern: str = "**/*.txt") -> list[Path]:
 
 def _folder_matches(folder: Path, pattern: str) -> list[Path]:
     """`folder`.glob(`pattern`), with a pattern it cannot take (absolute, empty) as one line."""
+    unusable = RnnlmError(f"data.glob {pattern!r} is not a pattern relative to the folder {folder}; set "
+                          "data.glob to e.g. '**/*.txt', or data.path to the absolute pattern itself")
+    if Path(pattern).is_absolute():
+        raise unusable
     try:
-        if Path(pattern).is_absolute():
-            raise NotImplementedError
         return list(folder.glob(pattern))
-    except (NotImplementedError, ValueError):
-        raise RnnlmError(f"data.glob {pattern!r} is not a pattern relative to the folder {folder}; set data.glob "
-                         "to e.g. '**/*.txt', or data.path to the absolute pattern itself") from None
+    except ValueError:  # an empty pattern, or "**" inside a name
+        raise unusable from None
 
 
 def pre_split_layout(path, valid_path, test_path) -> tuple:
