@@ -158,7 +158,6 @@ def check_onnx(path: Path, lm, seed: int = 0) -> float:
     return float(np.abs(np.concatenate(logits, axis=1) - expected).max())
 
 
-# The files a format-version-1 export wrote, for an earlier export whose config.json has no "files" list.
 # The files an export of each format wrote before config.json listed them under "files".
 FIRST_EXPORT_FILES = {EXPORT_FORMAT: ("model.onnx", "tokenizer.json", "config.json"),
                       model_folder.FOLDER_FORMAT: ("model.safetensors", "config.json", "tokenizer.json", "README.md")}
