@@ -522,7 +522,7 @@ def find_config(name_or_path: str | Path) -> Path:
     if name in configs:
         raise RnnlmError(f"config file {str(name_or_path)!r} not found; the built-in config of that name is "
                          f"--config {name} (rnnlm configs lists them)")
-    raise RnnlmError(f"config {str(name_or_path)!r} not found: no such file and no built-in config of that name; "
+    raise RnnlmError(f"config file {str(name_or_path)!r} not found, nor a built-in config of that name; "
                      f"pass a YAML file or one of {', '.join(configs)} (rnnlm configs lists them)")
 
 

@@ -23,6 +23,7 @@ LAYERS = [
     ["inference"],
     ["interactive", "export", "server"],
     ["cli"],
+    ["__main__"],
 ]
 TRAINING = {"train", "train_state", "run_dir", "optim"}
 
