@@ -2,7 +2,9 @@
 
 from rnnlm.errors import RnnlmError
 
-__all__ = ["RnnlmError", "load_model"]
+__version__ = "0.1.0"  # the package's version (pyproject.toml reads it from here)
+
+__all__ = ["RnnlmError", "load_model", "__version__"]
 
 
 def load_model(path, device=None):
@@ -19,4 +21,3 @@ def load_model(path, device=None):
     from rnnlm import inference  # lazily: `import rnnlm` stays light
 
     return inference.load_model(path, device)
-__version__ = "0.1.0"

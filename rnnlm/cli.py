@@ -1,6 +1,7 @@
 """Command line: `rnnlm COMMAND`, one subcommand for each entry of `COMMANDS` (train,
-generate, evaluate, plot, gradient-flow, predict, export, serve); `rnnlm-train`,
-`rnnlm-generate`, `rnnlm-evaluate` and scripts/*.py are the first three on their own.
+generate, evaluate, plot, gradient-flow, predict, export, serve, configs); `rnnlm --version`
+the version. `rnnlm-train`, `rnnlm-generate`, `rnnlm-evaluate` and scripts/*.py are the
+first three on their own; `python -m rnnlm` is the same command.
 
 Every user-facing failure is an RnnlmError, printed here as one line `error: ...` with
 exit status 2 (a mistyped option too); a training run stopped by SIGINT or SIGTERM exits
@@ -67,7 +68,8 @@ def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> in
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--config", "-c", help="a built-in config's name (rnnlm configs lists them) or a YAML file "
+                                          "(default: the built-in defaults, the same as war_and_peace)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="dotted overrides, each value parsed as YAML, e.g. optim.lr=3e-3 model.cell=gru")
     p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="",
@@ -92,6 +94,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append("train.overwrite=true")
     cfg = load_config(config, overrides)
     train(cfg)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# configs
+
+
+def add_configs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="print this config's YAML (to save and edit: rnnlm configs tiny > my.yaml)")
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from rnnlm.config import DEFAULT_CONFIG, builtin_configs, config_summary, find_config
+
+    if args.name is not None:
+        print(find_config(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    configs = builtin_configs()
+    width = max(map(len, configs))
+    print("built-in configs: rnnlm train --config NAME (a YAML file works too); rnnlm configs NAME prints one")
+    for name, file in configs.items():
+        print(f"  {name:<{width}}  {config_summary(file)}")
+    print(f"default: {DEFAULT_CONFIG} (rnnlm train with no --config); the files are in {configs[DEFAULT_CONFIG].parent}")
     return 0
 
 
@@ -438,6 +463,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="onnx",
                    help="onnx (default: a step function for onnxruntime) | hf (a model folder in the layout of "
                         "Hugging Face's hub, which rnnlm loads with --checkpoint DIR)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="with --format onnx: int8 weights (onnxruntime's dynamic quantization), a smaller, faster "
+                        "graph whose logits move by tenths (default: float32)")
     p.add_argument("--license", default=None,
                    help="with --format hf: the license for the model card's metadata, e.g. mit (default: none)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in --out (other files there are kept)")
@@ -448,14 +476,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.license is not None and args.format != "hf":
         raise RnnlmError("--license is for the model card of --format hf; leave it out for onnx")
-    done = export_model(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite, license=args.license)
+    done = export_model(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite, license=args.license,
+                        quantize=args.quantize)
     if args.format == "hf":
         print(f"wrote {args.out}: {hf_summary(done)}")
         return 0
     state = ", ".join(s["name"] for s in done["state"])
-    print(f"wrote {args.out}: model.onnx ({done['cell']} {done['num_layers']}x{done['hidden_size']}, "
-          f"vocab {done['vocab_size']}, state {state}), tokenizer.json, config.json; "
-          f"onnxruntime matches PyTorch to {done['max_abs_diff']:.1e}")
+    weights = f"{args.quantize} weights, " if args.quantize else ""
+    check = (f"int8 logits within {done['max_abs_diff']:.2f} of PyTorch's" if args.quantize else
+             f"onnxruntime matches PyTorch to {done['max_abs_diff']:.1e}")
+    print(f"wrote {args.out}: model.onnx ({weights}{done['cell']} {done['num_layers']}x{done['hidden_size']}, "
+          f"vocab {done['vocab_size']}, state {state}), tokenizer.json, config.json; {check}")
     return 0
 
 
@@ -498,7 +529,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # entry points
 
 COMMANDS = {
-    "train": (add_train_args, cmd_train, "train a model from a YAML config"),
+    "train": (add_train_args, cmd_train, "train a model from a built-in config or a YAML file"),
+    "configs": (add_configs_args, cmd_configs, "list the built-in configs, one line each, or print one"),
     "generate": (add_generate_args, cmd_generate, "continue a prompt from a checkpoint"),
     "evaluate": (add_evaluate_args, cmd_evaluate, "loss, perplexity and bits per character of a checkpoint"),
     "plot": (add_plot_args, cmd_plot, "draw a run's loss and gradient-norm curves as a PNG"),
@@ -512,7 +544,10 @@ COMMANDS = {
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from rnnlm import __version__
+
     parser = ArgumentParser(prog="rnnlm", description="Recurrent-network language models in PyTorch.")
+    parser.add_argument("--version", action="version", version=f"rnnlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -18,12 +18,17 @@ The graph is the plain per-step cells of rnnlm.cells (the equations as written, 
 hand-written backward or MKL's packed GEMM, nor scan.py's in-place loop. The time loop is a
 ``torch.ops.higher_order.scan`` over the cell, which the dynamo exporter turns into an ONNX
 ``Scan``, so T stays dynamic. Each export runs the result in onnxruntime against PyTorch.
+
+``quantize="int8"`` (``rnnlm export --quantize int8``) writes the same graph with int8
+weights: onnxruntime's dynamic quantization of every matrix product, those inside the
+``Scan`` bodies included, with the activations quantized on the fly in each call.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import contextlib
 import logging
 import os
 import shutil
@@ -43,13 +48,16 @@ from rnnlm.files import cannot_write
 from rnnlm.inference import load_model
 
 FORMATS = ("onnx", "hf")
+QUANTIZATIONS = ("int8",)
 EXPORT_FORMAT = "rnnlm-onnx"
 EXPORT_VERSION = 1
 INSTALL = 'pip install -e ".[export]"'
 # Packages the export needs: the graph is written with onnx and onnxscript and checked in onnxruntime.
 NEEDS = ("onnx", "onnxscript", "onnxruntime")
-# The largest |logit| difference an export may show against PyTorch before it is refused.
-TOLERANCE = 1e-3
+# The largest |logit| difference an export may show against PyTorch before it is refused: float32
+# graphs differ by rounding alone; int8 weights move logits by tenths, and more than this means a
+# broken graph, not quantization noise (docs/export.md has the measured differences).
+TOLERANCE = {None: 1e-3, "int8": 1.0}
 
 
 def state_names(model) -> list[str]:
@@ -97,7 +105,7 @@ def require_onnx() -> None:
                          f"not installed; install the export extra: {INSTALL}")
 
 
-def export_config(lm) -> dict:
+def export_config(lm, quantize: Optional[str] = None) -> dict:
     """What config.json holds: everything another program needs to tokenize, step and detokenize."""
     m, cfg = lm.model, lm.config.model
     unk = tokenization.unk_id(lm.tokenizer)
@@ -115,8 +123,20 @@ def export_config(lm) -> dict:
                   for name in state_names(m)],
         "special_tokens": {} if unk is None else {tokenization.UNK: unk},
         "encode": {"add_special_tokens": False}, "decode": {"skip_special_tokens": False},
-        "checkpoint_step": lm.checkpoint_step,
+        "checkpoint_step": lm.checkpoint_step, "quantization": quantize,
     }
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: Optional[str] = None):
+    """Only errors from the logger `name` (the root logger by default) while the block runs."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _write_onnx(graph: StepGraph, names: list[str], path: Path) -> None:
@@ -126,17 +146,32 @@ def _write_onnx(graph: StepGraph, names: list[str], path: Path) -> None:
     state = [torch.zeros(B, graph.model.layers[int(n.split("_")[1])].hidden_size) for n in names]
     batch, steps = torch.export.Dim("batch"), torch.export.Dim("T")
     dynamic = ({0: batch, 1: steps}, tuple({0: batch} for _ in names))  # as forward's arguments: tokens, *state
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)  # e.g. "torchvision is not installed", nothing to do with us
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(graph, (tokens, *state), str(path), dynamo=True, verbose=False,
-                              input_names=["tokens", *names], output_names=["logits", *[f"{n}_next" for n in names]],
-                              dynamic_shapes=dynamic, external_data=False)
+    # Quiet: torch.onnx logs e.g. "torchvision is not installed", nothing to do with us.
+    with _quiet_logger("torch.onnx"), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (tokens, *state), str(path), dynamo=True, verbose=False,
+                          input_names=["tokens", *names], output_names=["logits", *[f"{n}_next" for n in names]],
+                          dynamic_shapes=dynamic, external_data=False)
+
+
+def quantize_int8(path: Path) -> None:
+    """Rewrite the float32 graph at `path` with int8 weights (onnxruntime's dynamic quantization).
+
+    Pre-processing first folds constants, so the tied output layer's transposed embedding
+    becomes a weight of its own that can be quantized, and turns the cells' Gemm into MatMul;
+    ``EnableSubgraph`` reaches the MatMuls inside the Scan bodies, where the recurrent weights are.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    folded = path.with_name(path.stem + ".folded.onnx")
+    try:  # quiet: the quantizer warns on the root logger about every input it leaves as it is (the int64 tokens)
+        with _quiet_logger():
+            quant_pre_process(str(path), str(folded), skip_symbolic_shape=True)
+            quantize_dynamic(str(folded), str(path), weight_type=QuantType.QInt8,
+                             extra_options={"EnableSubgraph": True})
     finally:
-        onnx_logger.setLevel(level)
+        folded.unlink(missing_ok=True)
 
 
 def check_onnx(path: Path, lm, seed: int = 0) -> float:
@@ -232,15 +267,19 @@ def _move_into_place(staged: Path, out: Path, earlier: list[str] | None) -> None
 
 
 def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False,
-                 license: Optional[str] = None) -> dict:
-    """Write the export folder `out` from `checkpoint` (a .pt or a model folder) in format `fmt`;
-    returns its config.json, with the ONNX check's ``max_abs_diff`` (onnxruntime against PyTorch)
-    or the model card's ``measured`` scores added. A new folder appears whole or not at
-    all; in an earlier export's folder the files are written first, then moved over the old ones
-    (see _move_into_place). A full or read-only disk is one line (a `CannotWrite`) and leaves no
-    temporary folder."""
+                 license: Optional[str] = None, quantize: Optional[str] = None) -> dict:
+    """Write the export folder `out` from `checkpoint` (a .pt or a model folder) in format `fmt`
+    (ONNX with int8 weights when `quantize` is "int8"); returns its config.json, with the ONNX
+    check's ``max_abs_diff`` (onnxruntime against PyTorch) or the model card's ``measured``
+    scores added. A new folder appears whole or not at all; in an earlier export's folder the
+    files are written first, then moved over the old ones (see _move_into_place). A full or
+    read-only disk is one line (a `CannotWrite`) and leaves no temporary folder."""
     if fmt not in FORMATS:
         raise RnnlmError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise RnnlmError(f"unknown quantization {quantize!r}; use --quantize int8, or leave it out for float32")
+    if quantize is not None and fmt != "onnx":
+        raise RnnlmError("--quantize is for --format onnx; a model folder (--format hf) keeps float32 weights")
     out = Path(out)
     earlier = _prepare_out(out, overwrite)
     if fmt == "onnx":
@@ -253,7 +292,7 @@ def export_model(checkpoint, out, *, fmt: str = "onnx", overwrite: bool = False,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         if fmt == "onnx":
-            done = _write_onnx_folder(tmp, lm)
+            done = _write_onnx_folder(tmp, lm, quantize)
         else:
             done = model_folder.write_folder(tmp, lm, license=license)
         _list_files(tmp)
@@ -276,15 +315,17 @@ def _list_files(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_onnx_folder(folder: Path, lm) -> dict:
-    """model.onnx (checked in onnxruntime), tokenizer.json and config.json into `folder`;
-    returns the config with ``max_abs_diff`` added."""
+def _write_onnx_folder(folder: Path, lm, quantize: Optional[str] = None) -> dict:
+    """model.onnx (int8 weights when `quantize` is "int8", checked in onnxruntime), tokenizer.json
+    and config.json into `folder`; returns the config with ``max_abs_diff`` added."""
     _write_onnx(StepGraph(lm.model), state_names(lm.model), folder / "model.onnx")
-    diff = check_onnx(folder / "model.onnx", lm)
-    if not diff <= TOLERANCE:
-        raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {TOLERANCE:g}); "
+    if quantize:
+        quantize_int8(folder / "model.onnx")
+    diff, tolerance = check_onnx(folder / "model.onnx", lm), TOLERANCE[quantize]
+    if not diff <= tolerance:
+        raise RnnlmError(f"the exported graph's logits differ from PyTorch's by {diff:.2g} (over {tolerance:g}); "
                          "please report this with the checkpoint's config")
-    config = export_config(lm)
+    config = export_config(lm, quantize)
     (folder / "tokenizer.json").write_text(tokenization.to_json(lm.tokenizer), encoding="utf-8")
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return {**config, "max_abs_diff": diff}

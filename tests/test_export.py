@@ -14,6 +14,7 @@ from conftest import REPO, cli_line, train_tiny_run, untrained_lm
 from rnnlm import export
 from rnnlm import tokenizer as tokenization
 from rnnlm.cells import CELLS
+from rnnlm.errors import RnnlmError
 
 PROMPT = "The prince spoke to"
 STEPS = 50
@@ -265,3 +266,65 @@ def test_exported_model_matches_pytorch_in_onnxruntime(cell, tmp_path, capsys):
     expected = lm.generate(PROMPT, max_new_tokens=STEPS, temperature=0)
     assert expected.strip() and done.stdout == expected + "\n"
     assert "ms per token" in done.stderr
+
+
+def test_unknown_quantization_is_one_line(capsys, tmp_path):
+    with pytest.raises(RnnlmError, match="unknown quantization 'int4'; use --quantize int8"):
+        export.export_model("x.pt", tmp_path / "o", quantize="int4")
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(tmp_path / "o"), "--quantize", "int4"])
+    assert "--quantize" in line and "int8" in line
+
+
+def test_quantize_is_only_for_onnx(capsys, tmp_path):
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(tmp_path / "o"), "--format", "hf",
+                             "--quantize", "int8"])
+    assert "--quantize is for --format onnx" in line and not (tmp_path / "o").exists()
+
+
+def _ops(graph) -> list[str]:
+    """Every node's op type in an ONNX graph, the Scan bodies' included."""
+    import onnx
+
+    ops = []
+    for node in graph.node:
+        ops.append(node.op_type)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                ops += _ops(attr.g)
+    return ops
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_int8_export_quantizes_every_matmul_and_stays_close(cell, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    for name in export.NEEDS:
+        pytest.importorskip(name)
+    import onnx
+
+    from rnnlm.cli import main
+    from rnnlm.inference import load_model
+
+    ckpt = train_tiny_run(tmp_path, f"model.cell={cell}", "tokenizer.kind=bpe", *TRAIN) / "best.pt"
+    for args in ([], ["--quantize", "int8"]):
+        assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / f"onnx{len(args)}"), *args]) == 0
+    float_dir, int8_dir = tmp_path / "onnx0", tmp_path / "onnx2"
+    assert "int8 weights" in capsys.readouterr().out
+    assert json.loads((int8_dir / "config.json").read_text())["quantization"] == "int8"
+    assert json.loads((float_dir / "config.json").read_text())["quantization"] is None
+    assert (int8_dir / "model.onnx").stat().st_size < 0.6 * (float_dir / "model.onnx").stat().st_size
+    ops = _ops(onnx.load(str(int8_dir / "model.onnx")).graph)
+    # The input and recurrent products of each step and the output layer all run in int8.
+    assert ops.count("MatMulInteger") == 3 and "MatMul" not in ops and "Gemm" not in ops, ops
+
+    lm = load_model(ckpt, "cpu")
+    session = ort.InferenceSession(str(int8_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    config = json.loads((int8_dir / "config.json").read_text())
+    names = [(s["name"], s["shape"][1]) for s in config["state"]]
+    ids = tokenization.encode(lm.tokenizer, PROMPT)
+    diff = np.abs(_onnx_logits(session, names, ids, STEPS) - _torch_logits(lm, ids, STEPS)).max()
+    assert 1e-4 < diff < export.TOLERANCE["int8"], diff  # quantized (not the float graph), and close
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "onnx_generate.py"), str(int8_dir), PROMPT, "20"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() and "int8 weights" in done.stderr

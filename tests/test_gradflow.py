@@ -37,7 +37,8 @@ def is_png(path):
 
 def untrained(cell="rnn", hidden=16, vocab=20, seed=0):
     torch.manual_seed(seed)
-    cfg = load_config(None, [f"model.cell={cell}", f"model.hidden_size={hidden}", "model.num_layers=1"]).model
+    cfg = load_config(None, [f"model.cell={cell}", f"model.hidden_size={hidden}", "model.num_layers=1",
+                             "model.dropout=0.0"]).model
     return RNNLM(vocab, cfg)
 
 

@@ -26,6 +26,7 @@ LAYERS = [
     ["inference"],
     ["interactive", "export", "server"],
     ["cli"],
+    ["__main__"],
 ]
 TRAINING = {"train", "train_state", "run_dir", "optim"}
 
