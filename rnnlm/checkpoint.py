@@ -50,6 +50,9 @@ HIDDEN = "hidden"
 RNG = "rng"
 RNG_PER_RANK = "rng_per_rank"
 TEXT_HASH = "text_hash"
+TRAIN_CHARS = "train_chars"
+BEST_VAL_BPC = "best_val_bpc"
+PARENT = "parent"
 
 SCHEMA = {
     FORMAT_VERSION: "int, CHECKPOINT_FORMAT",
@@ -75,11 +78,15 @@ SCHEMA = {
     RNG: "torch (and CUDA) generator states (rank 0's under torchrun)",
     RNG_PER_RANK: "list of every rank's generator states (one entry in a single process)",
     TEXT_HASH: "sha256 of the cleaned training text, so resume can refuse other data",
+    TRAIN_CHARS: "int, characters of the train split (after cleaning)",
+    BEST_VAL_BPC: "float, bits per character of the best validation so far (None before the first)",
+    PARENT: "for a run started from a trained model (train.init_from): a dict of the parent's path, "
+            "weights_sha256, step, text (its file name), train_chars and best_val_bpc; None otherwise",
 }
 REQUIRED_KEYS = (FORMAT_VERSION, MODEL, CONFIG, TOKENIZER, VOCAB_SIZE)
 # What a checkpoint without one of these keys means (keys added after the format's first files).
 ABSENT = {TRAINED_MODEL: None, EMA_UPDATES: 0, SCALER: None, EVALS_SINCE_BEST: 0, RNG_PER_RANK: None,
-          TEXT_HASH: None, STEP: 0}
+          TEXT_HASH: None, STEP: 0, TRAIN_CHARS: None, BEST_VAL_BPC: None, PARENT: None}
 
 
 def field(checkpoint: dict, key: str) -> Any:

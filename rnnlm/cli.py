@@ -75,24 +75,35 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="",
                    help="continue the run in RUN_DIR (default: the config's train.out_dir) from last.pt")
     p.add_argument("--overwrite", action="store_true", help="start over in an existing run directory")
+    p.add_argument("--init-from", metavar="PARENT",
+                   help="start from a trained model (a best.pt / last.pt, or a folder from rnnlm export --format hf): "
+                        "its weights, tokenizer and shape, with a new optimizer and schedule (train.init_from)")
+
+
+def override(key: str, value: str) -> str:
+    """A `section.key=value` override that keeps `value` a string, whatever it looks like
+    (a folder named null, 1e3 or yes stays that folder): JSON's quoting is YAML's."""
+    return f"{key}={json.dumps(value, ensure_ascii=False)}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rnnlm.config import load_config
+    from rnnlm.finetune import load_run_config
     from rnnlm.train import train
 
     overrides = list(args.overrides)
     config = args.config
+    if args.init_from is not None:
+        overrides.append(override("train.init_from", args.init_from))
     if args.resume is not None:
         overrides.append("train.resume=true")
         if args.resume:
-            overrides.append(f"train.out_dir={args.resume}")
+            overrides.append(override("train.out_dir", args.resume))
             # `--resume RUN_DIR` alone continues with the run's own resolved config.
             if config is None and (Path(args.resume) / "config.yaml").is_file():
                 config = Path(args.resume) / "config.yaml"
     if args.overwrite:
         overrides.append("train.overwrite=true")
-    cfg = load_config(config, overrides)
+    cfg = load_run_config(config, overrides)
     train(cfg)
     return 0
 

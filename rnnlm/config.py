@@ -310,6 +310,12 @@ class TrainConfig:
     """Continue from out_dir/last.pt."""
     overwrite: bool = False
     """Allow starting a fresh run in an out_dir that already holds a run."""
+    init_from: Optional[str] = None
+    """Start from a trained model (a best.pt / last.pt, or a folder from rnnlm export --format hf): its weights, tokenizer and shape; new optimizer, schedule and step count (docs/tuning.md#starting-from-a-trained-model)."""
+    init_from_sha256: Optional[str] = None
+    """sha256 of the parent's weights: training writes it; when set, a parent with other weights is refused."""
+    max_unknown_share: float = 0.05
+    """With init_from and a word or char parent: the largest share of training tokens that may be <unk>."""
     progress: bool = True
     """Show a tqdm progress bar."""
     max_bad_steps: int = 5
@@ -335,6 +341,8 @@ class TrainConfig:
                f"must divide train.batch_size ({self.batch_size}), got {self.grad_accum_steps}")
         _check(self.backend in ("auto", "gloo", "nccl"), "train.backend",
                f"must be auto, gloo or nccl, got {self.backend!r}")
+        _check(0.0 <= self.max_unknown_share <= 1.0, "train.max_unknown_share",
+               f"must be in [0, 1], got {self.max_unknown_share}")
 
 
 @finite_numbers
@@ -532,6 +540,12 @@ def config_summary(file: Path) -> str:
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
     """Read a YAML config, a file or a built-in config's name (or start from the defaults
     when `path` is None, the default config's values), and apply overrides."""
+    return config_from_dict(config_values(path, overrides))
+
+
+def config_values(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> dict:
+    """The sections and keys a YAML config (a file or a built-in config's name) and the
+    overrides set, as plain nested dicts, before the defaults fill in the rest."""
     values: Any = {}
     if path is not None:
         path = find_config(path)
@@ -547,8 +561,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if not isinstance(values, dict):
             raise RnnlmError(f"config file {str(path)!r} must hold a mapping of sections "
                              "(data, tokenizer, model, optim, train, sample)")
-    values = apply_overrides(values, list(overrides or []))
-    return config_from_dict(values)
+    return apply_overrides(values, list(overrides or []))
 
 
 def dump_config(cfg: Config) -> str:

@@ -30,7 +30,8 @@ import yaml
 
 from rnnlm import __version__
 from rnnlm import tokenizer as tokenization
-from rnnlm.checkpoint import load_checkpoint
+from rnnlm.checkpoint import (BEST_VAL_BPC, ELAPSED_SECONDS, EPOCH, PARENT, STEP, TOKENS_SEEN, TRAIN_CHARS,
+                              load_checkpoint)
 from rnnlm.config import config_to_dict
 from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import checkpoint_corpus, score_ids
@@ -42,7 +43,7 @@ WEIGHTS, CONFIG, TOKENIZER, CARD = "model.safetensors", "config.json", "tokenize
 # The config sections config.json keeps beside the model's own: how it was trained and sampled.
 RUN_SECTIONS = ("data", "optim", "train", "sample")
 # How far the source checkpoint was trained, kept in config.json's "trained".
-TRAINED_KEYS = ("step", "epoch", "tokens_seen", "elapsed_seconds")
+TRAINED_KEYS = (STEP, EPOCH, TOKENS_SEEN, ELAPSED_SECONDS, TRAIN_CHARS, BEST_VAL_BPC, PARENT)
 SAMPLE_TOKENS = 60  # length of the model card's sample completion
 EVAL_SEQ_LEN = 128  # the card's scores are those of `rnnlm evaluate --split valid|test`
 # An ONNX export's config.json format, export.EXPORT_FORMAT (export imports this module, not the reverse).
@@ -69,7 +70,7 @@ def read_model(path) -> Parent:
     if not path.is_dir():
         ckpt = load_checkpoint(path, map_location="cpu")
         return Parent(ckpt["config"], ckpt["tokenizer"], ckpt["model"], int(ckpt["vocab_size"]),
-                      {k: ckpt[k] for k in TRAINED_KEYS if k in ckpt})
+                      {k: ckpt[k] for k in TRAINED_KEYS if ckpt.get(k) is not None})
     config = _folder_config(path)
     try:
         tokenizer_json = (path / TOKENIZER).read_text(encoding="utf-8")

@@ -28,10 +28,11 @@ import torch
 from tqdm import tqdm
 
 from rnnlm import distributed as ddp
-from rnnlm import fused
+from rnnlm import finetune, fused
 from rnnlm import tokenizer as tokenization
-from rnnlm.checkpoint import (BEST_VAL_LOSS, EMA_UPDATES, MODEL, OPTIMIZER, SCALER, STEP, TEXT_HASH, TRAINED_MODEL,
-                              SavedModel, field, load_checkpoint, make_checkpoint, save_checkpoint, unwrap_model)
+from rnnlm.checkpoint import (BEST_VAL_LOSS, EMA_UPDATES, MODEL, OPTIMIZER, PARENT, SCALER, STEP, TEXT_HASH,
+                              TRAIN_CHARS, TRAINED_MODEL, SavedModel, field, load_checkpoint, make_checkpoint,
+                              save_checkpoint, unwrap_model)
 from rnnlm.config import Config, TrainConfig, config_to_dict, dump_config
 from rnnlm.data import Corpus, batchify, check_enough_tokens, check_scorable, get_batch, read_corpus, tokenize_corpus
 from rnnlm.device import autocast_context, resolve_device
@@ -100,9 +101,11 @@ def configure_torch(tc: TrainConfig, device: torch.device) -> None:
     fused.keep_freed_memory()  # large tensors reuse freed pages instead of faulting in new ones
 
 
-def prepare_corpus(cfg: Config, device: torch.device, resume: Optional[dict], out: Path) -> tuple[Resolved, Corpus]:
+def prepare_corpus(cfg: Config, device: torch.device, resume: Optional[dict], out: Path,
+                   tokenizer_json: Optional[str]) -> tuple[Resolved, Corpus]:
     """The run's config with every `auto` resolved, and its corpus: the text read, then
-    tokenized by a tokenizer trained on the train split (or the resumed run's own).
+    tokenized by `tokenizer_json` (the resumed run's own, or the parent's) or else by a
+    tokenizer trained on the train split.
     Distributed: rank 0 reads first (it downloads and fills the token cache), the others then."""
     with ddp.main_first():
         text = read_corpus(cfg.data, progress=cfg.train.progress and ddp.is_main())
@@ -111,7 +114,6 @@ def prepare_corpus(cfg: Config, device: torch.device, resume: Optional[dict], ou
                              "data.encoding/data.errors) differs from the one this run was trained on; "
                              "point data.path at that text")
         resolved = resolve_auto(cfg, device, text.chars["train"])  # the checkpoints keep the values
-        tokenizer_json = SavedModel.of(resume).tokenizer if resume is not None else None
         corpus = tokenize_corpus(text, resolved.cfg.data, resolved.cfg.tokenizer, tokenizer_json)
     return resolved, corpus
 
@@ -176,17 +178,26 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, device: torch.device):
-        """Build the run: the run directory (and the checkpoint to resume), torch's
-        settings, the text, every `auto` resolved, the tokens, the model and optimizer,
-        the resumed state, the start-up lines and files, the metrics log, and last the
-        model as trained (DistributedDataParallel under torchrun, and/or compiled)."""
+        """Build the run: the parent (train.init_from), the run directory (and the checkpoint
+        to resume), torch's settings, the text, every `auto` resolved, the tokens, the model
+        and optimizer (from the parent's weights, or the resumed ones), the start-up lines
+        and files, the metrics log, and last the model as trained (DistributedDataParallel
+        under torchrun, and/or compiled)."""
         tc = cfg.train
         ddp.check_batch_split(tc.batch_size, tc.grad_accum_steps)
         self.device, self.out = device, Path(tc.out_dir)
+        cfg, start = finetune.open_parent(cfg)  # before the run directory is touched; None unless init_from
         resume = open_run(cfg, self.out)
         configure_torch(tc, device)
-        resolved, self.corpus = prepare_corpus(cfg, device, resume, self.out)
+        # The tokenizer is the resumed run's or the parent's, else trained on this text.
+        given = SavedModel.of(resume).tokenizer if resume else start.parent.tokenizer_json if start else None
+        resolved, self.corpus = prepare_corpus(cfg, device, resume, self.out, given)
+        self.tokenizer_json = given if given is not None else tokenization.to_json(self.corpus.tokenizer)
         self.cfg, self.tc = resolved.cfg, resolved.cfg.train
+        # Where the weights came from: the parent of a new run, or a resumed run's record of it.
+        self.parent = start.record if start is not None else field(resume, PARENT) if resume is not None else None
+        self.unknown_share = finetune.unknown_share(self.corpus.tokenizer, self.corpus.ids["train"],
+                                                    self.tc.max_unknown_share) if start is not None else None
         self.sized, self.precision_reason = resolved.sized, resolved.precision_reason
         self.autocast = autocast_context(device, self.tc.precision)
         self.vocab_size = self.corpus.tokenizer.get_vocab_size()
@@ -196,6 +207,8 @@ class Trainer:
         # With optim.ema_decay the averaged weights are the run's model: validation, test and
         # the checkpoints' `model` use them; training goes on from the raw ones (`trained_model`).
         self.eval_model = self.ema.module if self.ema is not None else self.model
+        if start is not None:
+            finetune.load_weights(start, self.model, self.ema)
         self.state, self.on_disk = TrainState(), CheckpointsOnDisk()
         if resume is not None:
             restore_training(resume, self.model, self.ema, self.optimizer, self.scaler)
@@ -212,7 +225,7 @@ class Trainer:
     def _announce(self, resuming: bool) -> None:
         tc = self.tc
         write_text_atomic(self.out / "config.yaml", dump_config(self.cfg), elsewhere=ELSEWHERE)
-        write_text_atomic(self.out / "tokenizer.json", tokenization.to_json(self.corpus.tokenizer), elsewhere=ELSEWHERE)
+        write_text_atomic(self.out / "tokenizer.json", self.tokenizer_json, elsewhere=ELSEWHERE)
         print(dump_config(self.cfg).rstrip())
         print(f"device {self.device} | precision {tc.precision} ({self.precision_reason}) | "
               f"vocab {self.vocab_size} | {count_parameters(self.model):,} parameters | "
@@ -226,6 +239,9 @@ class Trainer:
               f"{self.corpus.chars['test']:,} characters (train / valid / test); token cache {cache}{where}")
         if self.sized:
             print(f"sized to the {self.corpus.chars['train']:,} training characters (auto): " + ", ".join(self.sized))
+        if self.parent is not None:
+            print(finetune.describe(self.parent) + (f"; <unk> is {self.unknown_share:.2%} of the training tokens"
+                                                    if self.unknown_share is not None else ""))
 
     # --- the loop
 
@@ -237,6 +253,8 @@ class Trainer:
         self.model.train()
         done = run_progress(s.step, s.epoch_float(self.stream_len), s.elapsed, tc)
         with stop_on_signals(self.stop_signal), ProgressBar(tc.progress and ddp.is_main(), s.step, done) as bar:
+            if self.parent is not None and s.step == 0 and s.best_val_loss == math.inf:
+                self._validate(bar.write)  # the parent on the new text: best.pt is never worse than it
             while True:
                 s.elapsed = ddp.from_main(time.perf_counter() - self.run_start)  # all ranks: same lr, same limit
                 progress = run_progress(s.step, s.epoch_float(self.stream_len), s.elapsed, tc)
@@ -355,20 +373,25 @@ class Trainer:
         """Validation, checkpoints and signals, each on its schedule."""
         s, tc = self.state, self.tc
         if s.step % tc.eval_every == 0:
-            val = self.evaluate("valid", tc.eval_tokens)
-            self._log_validation(val, time.perf_counter() - self.run_start, bar.write)
-            if val["loss"] < s.best_val_loss:
-                s.best_val_loss, s.evals_since_best = val["loss"], 0
-                s.elapsed = time.perf_counter() - self.run_start
-                self.save(self.out / "best.pt")
-            else:
-                s.evals_since_best += 1
+            self._validate(bar.write)
         if s.step % tc.checkpoint_every == 0:
             self.save_last()
         signum = self._signal_received()
         if signum:
             self.save_last()
             raise TrainingInterrupted(signum, s.step, self.out / "last.pt")
+
+    def _validate(self, write=print) -> None:
+        """A periodic validation: logged, and best.pt written when it is the best so far."""
+        s = self.state
+        val = self.evaluate("valid", self.tc.eval_tokens)
+        self._log_validation(val, time.perf_counter() - self.run_start, write)
+        if val["loss"] < s.best_val_loss:
+            s.best_val_loss, s.best_val_bpc, s.evals_since_best = val["loss"], val["bpc"], 0
+            s.elapsed = time.perf_counter() - self.run_start
+            self.save(self.out / "best.pt")
+        else:
+            s.evals_since_best += 1
 
     def _signal_received(self) -> int:
         return int(ddp.from_main(self.stop_signal[0] if self.stop_signal else 0))  # all ranks stop together
@@ -430,10 +453,11 @@ class Trainer:
     def _checkpoint(self, state: dict) -> dict:
         """The run as a checkpoint: the model, the optimizer and the state `state` (TrainState's part)."""
         model = SavedModel(weights=unwrap_model(self.eval_model).state_dict(), config=config_to_dict(self.cfg),
-                           tokenizer=tokenization.to_json(self.corpus.tokenizer), vocab_size=self.vocab_size)
+                           tokenizer=self.tokenizer_json, vocab_size=self.vocab_size)
         fields = {OPTIMIZER: self.optimizer.state_dict(),
                   SCALER: self.scaler.state_dict() if self.scaler is not None else None,
-                  **state, TEXT_HASH: self.corpus.text_hash}
+                  **state, TEXT_HASH: self.corpus.text_hash, TRAIN_CHARS: self.corpus.chars["train"],
+                  PARENT: self.parent}
         if self.ema is not None:
             fields |= {TRAINED_MODEL: self.model.state_dict(), EMA_UPDATES: self.ema.updates}
         return make_checkpoint(model, fields)
@@ -486,7 +510,7 @@ class Trainer:
         val = self.evaluate("valid")
         self._log_validation(val, s.elapsed)
         if val["loss"] < s.best_val_loss or not ddp.from_main((out / "best.pt").exists()):
-            s.best_val_loss = val["loss"]
+            s.best_val_loss, s.best_val_bpc = val["loss"], val["bpc"]
             self.save(out / "best.pt")
             self.save(out / "last.pt")  # again, so a resumed run knows the best loss so far
         if ddp.is_main():

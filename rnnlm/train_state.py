@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 
 from rnnlm import distributed as ddp
-from rnnlm.checkpoint import (BAD_STEPS_SKIPPED, BEST_VAL_LOSS, ELAPSED_SECONDS, EPOCH, EVALS_SINCE_BEST, HIDDEN,
-                              POSITION, RNG, RNG_PER_RANK, STEP, TOKENS_SEEN, field)
+from rnnlm.checkpoint import (BAD_STEPS_SKIPPED, BEST_VAL_BPC, BEST_VAL_LOSS, ELAPSED_SECONDS, EPOCH,
+                              EVALS_SINCE_BEST, HIDDEN, POSITION, RNG, RNG_PER_RANK, STEP, TOKENS_SEEN, field)
 
 
 @dataclass
@@ -29,6 +29,8 @@ class TrainState:
     """Seconds of training so far, over all resumes."""
     bad_steps_skipped: int = 0
     best_val_loss: float = math.inf
+    best_val_bpc: Optional[float] = None
+    """Bits per character of the best validation (None before the first)."""
     evals_since_best: int = 0
     """Validations in a row without a new best validation loss (train.patience)."""
     bad_in_a_row: int = 0
@@ -49,8 +51,8 @@ class TrainState:
         return {
             STEP: self.step, EPOCH: self.epoch, POSITION: self.position, TOKENS_SEEN: self.tokens_seen,
             ELAPSED_SECONDS: self.elapsed, BAD_STEPS_SKIPPED: self.bad_steps_skipped,
-            BEST_VAL_LOSS: self.best_val_loss, EVALS_SINCE_BEST: self.evals_since_best,
-            HIDDEN: global_hidden, RNG: rngs[0], RNG_PER_RANK: rngs,
+            BEST_VAL_LOSS: self.best_val_loss, BEST_VAL_BPC: self.best_val_bpc,
+            EVALS_SINCE_BEST: self.evals_since_best, HIDDEN: global_hidden, RNG: rngs[0], RNG_PER_RANK: rngs,
         }
 
     @classmethod
@@ -68,7 +70,8 @@ class TrainState:
         return cls(step=checkpoint[STEP], epoch=checkpoint[EPOCH], position=checkpoint[POSITION],
                    tokens_seen=checkpoint[TOKENS_SEEN], elapsed=checkpoint[ELAPSED_SECONDS],
                    bad_steps_skipped=checkpoint[BAD_STEPS_SKIPPED], best_val_loss=checkpoint[BEST_VAL_LOSS],
-                   evals_since_best=field(checkpoint, EVALS_SINCE_BEST), hidden=hidden)
+                   best_val_bpc=field(checkpoint, BEST_VAL_BPC), evals_since_best=field(checkpoint, EVALS_SINCE_BEST),
+                   hidden=hidden)
 
 
 def rng_state(device: torch.device) -> dict:
