@@ -565,10 +565,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         add_args(p)
         p.set_defaults(fn=fn)
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except SystemExit as e:  # --help, or a usage mistake already reported in one line
         return e.code
     return run(args.fn, args)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> argparse.Namespace:
+    """parse_args, except that `section.key=value` overrides may come before, between or
+    after the options (argparse alone takes them only in one run)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _single(name: str):
@@ -577,7 +588,7 @@ def _single(name: str):
         parser = ArgumentParser(prog=f"rnnlm-{name}", description=help_text)
         add_args(parser)
         try:
-            args = parser.parse_args(argv)
+            args = parse(parser, argv)
         except SystemExit as e:
             return e.code
         return run(fn, args)

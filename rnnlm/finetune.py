@@ -23,7 +23,7 @@ from rnnlm.errors import RnnlmError
 from rnnlm.model_folder import Parent, read_model
 
 # The settings that decide the shape of the weights and the meaning of the token ids.
-SHAPE_KEYS = ("model.cell", "model.embedding_size", "model.hidden_size", "model.num_layers", "model.tie_weights",
+SHAPE_KEYS = ("model.cell", "model.hidden_size", "model.num_layers", "model.embedding_size", "model.tie_weights",
               "tokenizer.kind", "tokenizer.vocab_size")
 UNSET = (None, AUTO)  # a shape key with one of these values is the parent's
 
