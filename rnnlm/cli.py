@@ -80,13 +80,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "its weights, tokenizer and shape, with a new optimizer and schedule (train.init_from)")
 
 
-def override(key: str, value: str) -> str:
-    """A `section.key=value` override that keeps `value` a string, whatever it looks like
-    (a folder named null, 1e3 or yes stays that folder): JSON's quoting is YAML's."""
-    return f"{key}={json.dumps(value, ensure_ascii=False)}"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from rnnlm.config import override
     from rnnlm.finetune import load_run_config
     from rnnlm.train import train
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import numbers
 import typing
@@ -506,6 +507,12 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             sec = values[section] = {}
         sec[key] = value
     return values
+
+
+def override(key: str, value: str) -> str:
+    """A `section.key=value` override that keeps `value` a string, whatever it looks like
+    (a folder named null, 1e3 or yes stays that folder): JSON's quoting is YAML's."""
+    return f"{key}={json.dumps(str(value), ensure_ascii=False)}"
 
 
 def builtin_configs() -> dict[str, Path]:

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from rnnlm.checkpoint import PARENT, load_checkpoint
-from rnnlm.cli import main, override, parse
-from rnnlm.config import load_config
+from rnnlm.cli import main, parse
+from rnnlm.config import load_config, override
 from rnnlm.errors import RnnlmError
 from rnnlm.finetune import load_run_config, weights_sha256
 from rnnlm.model_folder import read_model
@@ -239,3 +239,30 @@ def test_a_word_parent_that_covers_little_of_the_text_is_refused_in_one_line(tmp
     capsys.readouterr()
     assert main(argv + ["train.max_unknown_share=1.0"]) == 0
     assert "<unk> is " in capsys.readouterr().out
+
+
+def test_the_python_api_starts_from_a_parent(parent, other_text, tmp_path):
+    import rnnlm
+
+    metrics, out = quietly(lambda: rnnlm.train_model("finetune", *tiny_overrides(tmp_path, other_text),
+                                                 "train.max_steps=3", init_from=parent))
+    assert metrics["steps"] == 3 and "started from" in out
+    assert load_checkpoint(tmp_path / "run" / "last.pt")[PARENT]["path"] == str(parent.resolve())
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_start_from_the_parent_as_one_does(parent, other_text, tmp_path):
+    from tests.test_distributed import torchrun
+
+    settings = ["train.max_steps=4", "train.eval_every=2", f"train.init_from={parent}"]
+    quietly(train, tiny_config(tmp_path / "one", other_text, *settings))
+    run = torchrun(2, [*tiny_overrides(tmp_path / "two", other_text), *settings])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("started from") == 1 and "2 processes (gloo)" in run.stdout
+
+    def losses(where):
+        return {r["step"]: r["train_loss"] for r in read_metrics(where / "run") if "train_loss" in r}
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert list(two) == [1, 2, 3, 4]
+    for step in two:
+        assert two[step] == pytest.approx(one[step], abs=1e-5), step
