@@ -315,7 +315,7 @@ class TrainConfig:
     """Start from a trained model (a best.pt / last.pt, or a folder from rnnlm export --format hf): its weights, tokenizer and shape; new optimizer, schedule and step count (docs/tuning.md#starting-from-a-trained-model)."""
     init_from_sha256: Optional[str] = None
     """sha256 of the parent's weights: training writes it; when set, a parent with other weights is refused."""
-    max_unknown_share: float = 0.05
+    max_unknown_share: float = 0.2
     """With init_from and a word or char parent: the largest share of training tokens that may be <unk>."""
     progress: bool = True
     """Show a tqdm progress bar."""

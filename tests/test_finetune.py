@@ -235,7 +235,7 @@ def test_a_word_parent_that_covers_little_of_the_text_is_refused_in_one_line(tmp
     argv = ["train", "--init-from", str(run / "best.pt"), *tiny_overrides(tmp_path, text), "tokenizer.kind=word",
             "tokenizer.vocab_size=300", "train.max_steps=2", "train.out_dir=" + str(tmp_path / "child")]
     line = cli_line(capsys, argv)
-    assert "<unk>" in line and "train.max_unknown_share=0.05" in line and "bpe" in line
+    assert "<unk>" in line and "train.max_unknown_share=0.2" in line and "bpe" in line
     capsys.readouterr()
     assert main(argv + ["train.max_unknown_share=1.0"]) == 0
     assert "<unk> is " in capsys.readouterr().out

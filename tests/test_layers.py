@@ -22,6 +22,7 @@ LAYERS = [
     ["model"],
     ["evaluate", "optim"],
     ["sample", "train_state", "run_dir", "gradflow", "model_folder"],
+    ["finetune"],
     ["predict", "train", "activations"],
     ["inference"],
     ["interactive", "export", "server"],
