@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from rnnlm import distributed as ddp
 from rnnlm.checkpoint import CONFIG, STEP, load_checkpoint
 from rnnlm.config import AUTO, Config, config_from_dict, config_to_dict
@@ -24,6 +26,8 @@ from rnnlm.plots import log_to_tensorboard, open_tensorboard
 # run length, logging, evaluation, checkpointing and optimizer settings may change.
 RESUME_MUST_MATCH = ("model", "tokenizer", "train.batch_size", "data.split")
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.yaml", "tokenizer.json")
+# The files only a run writes: a folder with none of them holds no run to start over.
+RUN_MARKS = ("last.pt", "best.pt", "metrics.jsonl")
 
 
 def prepare_run_dir(cfg: Config) -> Optional[dict]:
@@ -42,6 +46,7 @@ def prepare_run_dir(cfg: Config) -> Optional[dict]:
         if not cfg.train.overwrite:
             raise RnnlmError(f"run directory {out} already exists; continue it with --resume "
                              "(train.resume=true), start over with --overwrite, or set train.out_dir")
+        _check_holds_a_run(out)
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         _remove_stale_temporaries(out)
@@ -50,6 +55,28 @@ def prepare_run_dir(cfg: Config) -> Optional[dict]:
     except OSError as e:
         raise RnnlmError(f"cannot create run directory {out} ({e.strerror}); set train.out_dir to a writable place") from None
     return None
+
+
+def _check_holds_a_run(out: Path) -> None:
+    """train.overwrite replaces a run's files; in a folder that holds no run (none of
+    RUN_MARKS, and no config.yaml written by a run there), a config.yaml or tokenizer.json
+    is the user's own and is never deleted."""
+    if any((out / name).exists() for name in RUN_MARKS) or _written_by_a_run_in(out):
+        return
+    own = [name for name in RUN_FILES if (out / name).exists()]
+    if own:
+        raise RnnlmError(f"train.out_dir {out} holds {' and '.join(own)} but no run (no {', '.join(RUN_MARKS)}), "
+                         "so --overwrite does not replace them; set train.out_dir to a new folder")
+
+
+def _written_by_a_run_in(out: Path) -> bool:
+    """Whether out/config.yaml is a run's resolved config whose train.out_dir is `out` (a run
+    stopped before its first log line has only that and tokenizer.json)."""
+    try:
+        values = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+        return Path(values["train"]["out_dir"]).resolve() == out.resolve()
+    except Exception:  # missing, unreadable, not YAML, not a run's config: not a run
+        return False
 
 
 def _checkpoint_to_resume(cfg: Config, out: Path) -> dict:

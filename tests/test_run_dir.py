@@ -73,6 +73,29 @@ def test_overwrite_removes_the_run_files_and_stale_temporaries_and_nothing_else(
     assert sorted(os.listdir(out)) == sorted(others)
 
 
+@pytest.mark.parametrize("own", [["config.yaml"], ["tokenizer.json", "notes.txt"]])
+def test_overwrite_never_deletes_files_of_a_folder_that_holds_no_run(tmp_path, own):
+    for name in own:  # e.g. train.out_dir=. in the folder of one's own config.yaml
+        (tmp_path / name).write_text("mine")
+    with pytest.raises(RnnlmError, match="no run .* --overwrite does not replace them"):
+        prepare_run_dir(run_config(tmp_path, "train.overwrite=true"))
+    assert all((tmp_path / name).read_text() == "mine" for name in own)
+    (tmp_path / "metrics.jsonl").write_text("")  # a run that stopped after its first log line
+    assert prepare_run_dir(run_config(tmp_path, "train.overwrite=true")) is None
+    assert not (tmp_path / own[0]).exists()
+
+
+def test_overwrite_takes_a_run_that_stopped_before_its_first_log_line(tmp_path):
+    from rnnlm.config import dump_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text(dump_config(run_config(out)))  # as a run writes it
+    (out / "tokenizer.json").write_text("{}")
+    assert prepare_run_dir(run_config(out, "train.overwrite=true")) is None
+    assert os.listdir(out) == []
+
+
 @pytest.mark.parametrize("flags", [[], ["train.overwrite=true"], ["train.resume=true"]],
                          ids=["fresh", "overwrite", "resume"])
 def test_a_file_as_out_dir_is_refused_and_left_alone(tmp_path, flags):
