@@ -241,11 +241,11 @@ def test_a_word_parent_that_covers_little_of_the_text_is_refused_in_one_line(tmp
     assert "<unk> is " in capsys.readouterr().out
 
 
-def test_the_python_api_starts_from_a_parent(parent, other_text, tmp_path):
+def test_the_python_api_starts_from_a_parent_in_bf16(parent, other_text, tmp_path):
     import rnnlm
 
     metrics, out = quietly(lambda: rnnlm.train_model("finetune", *tiny_overrides(tmp_path, other_text),
-                                                 "train.max_steps=3", init_from=parent))
+                                                     "train.max_steps=3", "train.precision=bf16", init_from=parent))
     assert metrics["steps"] == 3 and "started from" in out
     assert load_checkpoint(tmp_path / "run" / "last.pt")[PARENT]["path"] == str(parent.resolve())
 
