@@ -14,24 +14,20 @@ import hashlib
 import http.client
 import urllib.error
 import urllib.request
-import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
+from . import documents, prepare, token_cache
 from . import tokenizer as tokenization
 from .config import AUTO
-from .errors import CannotWrite, RnnlmError
+from .errors import RnnlmError
 from .files import atomic_write
 from .sizing import vocab_size_for
 
 SPLITS = ("train", "valid", "test")
-_START_MARK = "*** START OF"
-_END_MARK = "*** END OF"
-_CACHE_FORMAT = 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,22 +161,17 @@ def read_documents(files: list[Path], separator: str = "\n", encoding: str = "ut
 
 
 def clean_text(text: str) -> str:
-    """CRLF -> LF; Project Gutenberg header and footer off; exactly one final newline.
+    """CRLF -> LF; Project Gutenberg headers and footers off, book by book; exactly one
+    final newline.
 
     Everything through the line holding ``*** START OF`` (when present) and everything
-    from ``*** END OF`` on is dropped; then leading and trailing newlines are stripped
-    and one newline ends the text. A text with nothing left is returned as "".
+    from ``*** END OF`` on is dropped; a text of several books keeps the text between
+    every start line and the end mark after it, the books joined by a blank line (see
+    documents.GutenbergCleaner). Then leading and trailing newlines are stripped and one
+    newline ends the text. A text with nothing left is returned as "".
     """
-    text = text.replace("\r\n", "\n")
-    start = text.find(_START_MARK)
-    if start != -1:
-        eol = text.find("\n", start)
-        text = "" if eol == -1 else text[eol + 1:]
-    end = text.find(_END_MARK)
-    if end != -1:
-        text = text[:end]
-    text = text.strip("\n")
-    return text + "\n" if text else ""
+    cleaner = documents.GutenbergCleaner(documents.ReadStats())
+    return "".join(cleaner.clean([text.replace("\r\n", "\n")], has_start=documents.START_MARK in text))
 
 
 def split_text(text: str, fractions: tuple = (0.8, 0.1, 0.1)) -> dict[str, str]:
@@ -193,25 +184,8 @@ def split_text(text: str, fractions: tuple = (0.8, 0.1, 0.1)) -> dict[str, str]:
     cut falls at that character position instead. The fractions are taken as the
     decimals they are written as (0.8 is 4/5 exactly), so the cuts are exact.
     """
-    train, valid, test = (Fraction(str(f)) for f in fractions)
-    n = len(text)
-    parts = 3 if test else 2
-    if n < parts:
-        raise RnnlmError(f"the text has {n} character(s) after cleaning, too few for train, validation"
-                         + (" and test splits" if test else " splits") + "; use a longer text")
-    train_end = _cut(text, train, lo=1, hi=n - parts + 1)
-    valid_end = _cut(text, train + valid, lo=train_end + 1, hi=n - 1) if test else n
+    train_end, valid_end = prepare.split_points(len(text), fractions, lambda p: text.find("\n", p))
     return {"train": text[:train_end], "valid": text[train_end:valid_end], "test": text[valid_end:]}
-
-
-def _cut(text: str, fraction: Fraction, lo: int, hi: int) -> int:
-    """End (exclusive) of a split: after the first newline at or after `fraction` of the
-    text, if that end lies in [lo, hi]; else the character position itself, clamped."""
-    at = -(-len(text) * fraction.numerator // fraction.denominator)  # ceil, in exact integer arithmetic
-    nl = text.find("\n", max(at, lo - 1))
-    if nl != -1 and lo <= nl + 1 <= hi:
-        return nl + 1
-    return min(max(at, lo), hi)
 
 
 @dataclass
@@ -219,7 +193,7 @@ class Corpus:
     """A tokenized corpus: one 1-D id tensor and one character count per split."""
 
     tokenizer: Tokenizer
-    ids: dict[str, torch.Tensor]  # split -> (N,) int64
+    ids: dict[str, torch.Tensor]  # split -> (N,) uint16 or uint32, over the token cache's memory map
     chars: dict[str, int]  # split -> characters after cleaning (the denominator of bpc)
     text_hash: str  # sha256 of the cleaned text: identifies the data a model saw
     source: str = ""  # what was read: the file, or "N files from FOLDER-OR-PATTERN"
@@ -237,11 +211,8 @@ def read_splits(path, *, pattern: str, separator: str, split: tuple, valid_path,
         source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
         text = "\0".join(splits[name] for name in SPLITS)
     else:
-        files = corpus_files(path, pattern)
-        if len(files) == 1 and not files[0].exists() and url:
-            download(url, files[0], progress=progress)
+        files, source = _files_to_split(path, pattern, url, progress)
         text = read(files)
-        source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
         splits = split_text(text, split) if text.strip() else {}
     if not any(t.strip() for t in splits.values()):
         raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
@@ -282,47 +253,60 @@ def load_corpus(
     file first when a ``url`` is given. A pre-split dataset (``valid_path``, or a folder
     of train.txt / valid.txt / test.txt: see pre_split_layout) is read as it is split.
 
-    The tokenizer is trained on the train split (``vocab_size="auto"``: a vocabulary sized
-    to it, see sizing.py), unless ``tokenizer_json`` is given (a
-    run being resumed or evaluated must use its own tokenizer). Tokenizer and ids are
-    cached in ``cache_dir`` under a hash of the cleaned text and the tokenizer settings,
-    so a second run skips tokenization; ``cache_dir=None`` turns the cache off.
+    The text is read as a stream, never whole (prepare.py): memory does not grow with
+    the corpus. The tokenizer is trained on the train split (``vocab_size="auto"``: a
+    vocabulary sized to it, see sizing.py), unless ``tokenizer_json`` is given (a run
+    being resumed or evaluated must use its own tokenizer). The ids go to a token cache
+    file in ``cache_dir`` (token_cache.py) named by a hash of the cleaned text and the
+    tokenizer settings, and are read through a memory map, so a second run only reads
+    the text once to hash it; ``cache_dir=None`` keeps them in a temporary file instead.
     """
-    splits, source, text = read_splits(path, pattern=pattern, separator=separator, split=split, valid_path=valid_path,
-                                       test_path=test_path, url=url, encoding=encoding, errors=errors,
-                                       progress=progress)
-    chars = {name: len(splits[name]) for name in SPLITS}
-    text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    if vocab_size == AUTO:
-        vocab_size = vocab_size_for(chars["train"])
-
-    if tokenizer_json is not None:
-        settings = ["given", tokenizer_json]  # kind and vocab_size play no part then
+    valid_path, test_path, path = pre_split_layout(path, valid_path, test_path)
+    sources = prepare.Sources(fractions=tuple(split), name=str(path), separator=separator, encoding=encoding,
+                              errors=errors, progress=progress)
+    if valid_path is not None:
+        sources.pre_split = {"train": corpus_files(path, pattern), "valid": corpus_files(valid_path, pattern),
+                             "test": corpus_files(test_path, pattern) if test_path is not None else []}
+        source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
     else:
-        settings = [tokenizer_kind, str(vocab_size if tokenizer_kind != "char" else 0)]
+        sources.files, source = _files_to_split(path, pattern, url, progress)
+    text_hash, counts, stats = prepare.scan(sources)
+    source = f"{source} ({stats.describe()})"
+
+    settings = ["given", tokenizer_json] if tokenizer_json is not None else \
+        [tokenizer_kind, str(vocab_size if tokenizer_kind != "char" else 0)]
     if tuple(split) != (0.8, 0.1, 0.1):  # the default keys as it always has
         settings.append(repr(tuple(float(f) for f in split)))
-    key = hashlib.sha256("\0".join([f"v{_CACHE_FORMAT}", text_hash, *settings]).encode("utf-8")).hexdigest()[:24]
-    cache_file = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
+    if sum(counts.values()) > prepare.TOKENIZER_CHARS:
+        settings.append(f"learned from {prepare.TOKENIZER_CHARS}")
+    key = hashlib.sha256("\0".join([f"v{token_cache.FORMAT}", text_hash, *settings]).encode("utf-8")).hexdigest()[:24]
+    cache_file = Path(cache_dir) / f"{key}.ids" if cache_dir is not None else None
 
-    cached = _load_cache(cache_file) if cache_file is not None else None
-    if cached is not None:
-        tok, ids = cached
-        return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source)
+    cached = _load_cache(cache_file, vocab_size) if cache_file is not None else None
+    if cached is None:
+        chars = prepare.split_chars(sources, counts)
+        if vocab_size == AUTO:
+            vocab_size = vocab_size_for(chars["train"])
+        tok = tokenization.from_json(tokenizer_json) if tokenizer_json is not None else \
+            prepare.train_tokenizer(sources, chars, tokenizer_kind, vocab_size)
 
-    if tokenizer_json is not None:
-        tok = tokenization.from_json(tokenizer_json)
-    else:
-        tok = tokenization.train_tokenizer(tokenizer_kind, splits["train"], vocab_size)
-    ids = {name: torch.tensor(tokenization.encode(tok, splits[name]), dtype=torch.long) for name in SPLITS}
-    if cache_file is not None:
-        _save_cache(cache_file, {
-            "format": _CACHE_FORMAT,
-            "tokenizer_json": tokenization.to_json(tok),
-            # int32 halves the file; any vocabulary fits.
-            "ids": {name: t.to(torch.int32) for name, t in ids.items()},
-        })
+        def fill(writer) -> dict:
+            prepare.encode_into(writer, sources, chars, tok)
+            return {"tokenizer_json": tokenization.to_json(tok), "chars": chars, "vocab_size": vocab_size}
+        meta, ids = token_cache.write(cache_file, token_cache.dtype_for(tok.get_vocab_size()), fill,
+                                      elsewhere="set data.cache_dir to another disk")
+        cached = tok, ids, chars
+    tok, ids, chars = cached
     return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source)
+
+
+def _files_to_split(path, pattern: str, url: str | None, progress: bool) -> tuple[list[Path], str]:
+    """(the files of a text to split, what the startup line calls them); a single missing
+    file is downloaded first when a ``url`` is given."""
+    files = corpus_files(path, pattern)
+    if len(files) == 1 and not files[0].exists() and url:
+        download(url, files[0], progress=progress)
+    return files, str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
 
 
 def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = True) -> Corpus:
@@ -333,32 +317,21 @@ def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = 
                        cache_dir=dc.cache_dir, tokenizer_json=tokenizer_json, progress=progress)
 
 
-def _load_cache(file: Path):
-    """(tokenizer, ids) from a cache file, or None if absent or unusable (then rebuilt)."""
-    if not file.is_file():
+def _load_cache(file: Path, vocab_size):
+    """(tokenizer, ids, chars) from a token cache file, or None if absent or unusable (then
+    rebuilt). An `auto` vocabulary must still be what the sizing rule gives."""
+    mapped = token_cache.read(file)
+    if mapped is None:
         return None
+    meta, ids = mapped
     try:
-        entry = torch.load(file, weights_only=True, map_location="cpu")
-        if not (isinstance(entry, dict) and entry.get("format") == _CACHE_FORMAT):
+        tok = tokenization.from_json(meta["tokenizer_json"])
+        chars = {name: int(meta["chars"][name]) for name in SPLITS}
+        if vocab_size == AUTO and meta["vocab_size"] != vocab_size_for(chars["train"]):
             return None
-        tok = tokenization.from_json(entry["tokenizer_json"])
-        ids = {name: entry["ids"][name] for name in SPLITS}
-        if not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in ids.values()):
-            return None
-        return tok, {name: t.long() for name, t in ids.items()}
-    except Exception:  # truncated, foreign or hand-edited: not worth more than a rebuild
+        return tok, {name: ids[name] for name in SPLITS}, chars
+    except (RnnlmError, KeyError, TypeError, ValueError):  # hand-edited or foreign: rebuilt
         return None
-
-
-def _save_cache(file: Path, entry: dict) -> None:
-    # Atomic, so concurrent runs never see half a file. A cache that cannot be written
-    # (a full disk) only costs time on the next run: one warning line, and on.
-    try:
-        atomic_write(file, lambda f: torch.save(entry, f), elsewhere="set data.cache_dir to another disk")
-    except CannotWrite as e:
-        warnings.warn(f"token cache not saved (the next run tokenizes again): {e}", stacklevel=2)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,8 +370,8 @@ def get_batch(data: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor, t
     """Inputs and next-token targets at time offset ``i``: x = data[:, i:i+T],
     y = data[:, i+1:i+1+T], both (B, T); T = seq_len, or less for the last batch."""
     t = min(seq_len, data.size(1) - 1 - i)
-    x = data[:, i : i + t]  # (B, T)
-    y = data[:, i + 1 : i + 1 + t]  # (B, T)
+    x = data[:, i : i + t].long()  # (B, T); the ids may be stored as uint16 / uint32
+    y = data[:, i + 1 : i + 1 + t].long()  # (B, T)
     return x, y
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm import data
+from rnnlm import data, token_cache
 from rnnlm import tokenizer as T
 from rnnlm.errors import RnnlmError
 from tests.conftest import cli_line, small_text
@@ -229,17 +229,18 @@ def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
     first = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
-    assert len(list(cache.glob("*.pt"))) == 1
+    assert len(list(cache.glob("*.ids"))) == 1
 
     def no_training(*args, **kwargs):
         raise AssertionError("the tokenizer was trained again instead of read from the cache")
 
     monkeypatch.setattr(T, "train_tokenizer", no_training)
     monkeypatch.setattr(T, "encode", no_training)
+    monkeypatch.setattr(T, "encode_pieces", no_training)
     second = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
     for split in data.SPLITS:
         assert torch.equal(first.ids[split], second.ids[split])
-        assert second.ids[split].dtype == torch.long and second.ids[split].dim() == 1
+        assert second.ids[split].dtype == torch.uint16 and second.ids[split].dim() == 1
     assert T.to_json(second.tokenizer) == T.to_json(first.tokenizer)
     assert second.chars == first.chars and second.text_hash == first.text_hash
 
@@ -260,7 +261,7 @@ def test_cache_key_depends_on_tokenizer_settings_and_given_tokenizer(tmp_path):
     cache = tmp_path / "cache"
     bpe = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
     char = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
-    assert char.tokenizer.get_vocab_size() < 300 and len(list(cache.glob("*.pt"))) == 2
+    assert char.tokenizer.get_vocab_size() < 300 and len(list(cache.glob("*.ids"))) == 2
     # A given tokenizer (resume / evaluate) is used as is, not retrained.
     given = data.load_corpus(path, tokenizer_kind="char", tokenizer_json=T.to_json(bpe.tokenizer),
                              cache_dir=cache, progress=False)
@@ -273,16 +274,19 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path):
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
     first = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
-    (entry,) = cache.glob("*.pt")
-    entry.write_bytes(entry.read_bytes()[:100])  # truncated
+    (entry,) = cache.glob("*.ids")
+    whole = entry.read_bytes()
+    entry.unlink()  # a new file: truncating the mapped one in place would pull the pages from under `first`
+    entry.write_bytes(whole[:100])  # truncated
     again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
     assert torch.equal(again.ids["train"], first.ids["train"])
-    assert data._load_cache(entry) is not None  # rewritten whole
-    entry_dict = torch.load(entry, weights_only=True)
-    entry_dict["tokenizer_json"] = "{broken"
-    torch.save(entry_dict, entry)
+    assert entry.read_bytes() == whole  # rewritten whole
+    entry.unlink()
+    entry.write_bytes(whole.replace(b'"tokenizer_json": "{', b'"tokenizer_json": "['))
+    assert token_cache.read(entry) is not None  # the file parses, its tokenizer does not
     again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
     assert torch.equal(again.ids["valid"], first.ids["valid"])
+    assert entry.read_bytes() == whole
 
 
 def test_load_corpus_reports_a_missing_file_and_empty_content(tmp_path):

@@ -14,9 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rnnlm"
 LAYERS = [
     ["errors"],
     ["config", "files"],
-    ["distributed", "device", "fused", "scan", "sizing", "tokenizer"],
-    ["cells", "data", "checkpoint", "plots"],
-    ["model"],
+    ["distributed", "device", "documents", "fused", "scan", "sizing", "token_cache", "tokenizer"],
+    ["cells", "prepare", "checkpoint", "plots"],
+    ["model", "data"],
     ["evaluate", "optim"],
     ["sample", "train_state", "run_dir", "gradflow"],
     ["predict", "train", "activations"],
