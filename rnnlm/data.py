@@ -197,6 +197,7 @@ class Corpus:
     chars: dict[str, int]  # split -> characters after cleaning (the denominator of bpc)
     text_hash: str  # sha256 of the cleaned text: identifies the data a model saw
     source: str = ""  # what was read: the file, or "N files from FOLDER-OR-PATTERN"
+    cleaning: str = ""  # what the cleaning found: "N documents, M characters of header/footer removed"
 
 
 def read_splits(path, *, pattern: str, separator: str, split: tuple, valid_path, test_path, url: str | None,
@@ -271,7 +272,6 @@ def load_corpus(
     else:
         sources.files, source = _files_to_split(path, pattern, url, progress)
     text_hash, counts, stats = prepare.scan(sources)
-    source = f"{source} ({stats.describe()})"
 
     settings = ["given", tokenizer_json] if tokenizer_json is not None else \
         [tokenizer_kind, str(vocab_size if tokenizer_kind != "char" else 0)]
@@ -297,7 +297,7 @@ def load_corpus(
                                       elsewhere="set data.cache_dir to another disk")
         cached = tok, ids, chars
     tok, ids, chars = cached
-    return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source)
+    return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source, cleaning=stats.describe())
 
 
 def _files_to_split(path, pattern: str, url: str | None, progress: bool) -> tuple[list[Path], str]:

@@ -188,7 +188,8 @@ class Trainer:
               + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
               + (f" | resuming at step {self.state.step}" if resuming else ""))
         print(f"data: {self.corpus.source}, split {self.corpus.chars['train']:,} / {self.corpus.chars['valid']:,} / "
-              f"{self.corpus.chars['test']:,} characters (train / valid / test)")
+              f"{self.corpus.chars['test']:,} characters (train / valid / test)"
+              + (f"; {self.corpus.cleaning}" if self.corpus.cleaning else ""))
         if self.sized:
             print(f"sized to the {self.corpus.chars['train']:,} training characters (auto): " + ", ".join(self.sized))
 

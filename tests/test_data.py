@@ -374,7 +374,8 @@ def test_a_folder_or_glob_trains_evaluates_and_resumes(tmp_path, capsys, source)
     path = folder if source == "folder" else folder / "*.txt"
     result = train(tiny_config(tmp_path, path, "train.max_steps=3", "train.checkpoint_every=3"))
     assert result["steps"] == 3
-    assert f"data: 2 files from {path}, split " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"data: 2 files from {path}, split " in out and "(train / valid / test); 2 documents, 0 characters" in out
     result = train(tiny_config(tmp_path, path, "train.max_steps=5", "train.resume=true"))
     assert result["steps"] == 5 and result["test"]["chars"] > 0
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test"]) == 0
