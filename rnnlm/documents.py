@@ -59,14 +59,14 @@ def decoded_blocks(path, encoding: str = "utf-8", errors: str = "strict", *, wha
     set_path, set_encoding, set_errors = settings
     decoder = _open_decoder(path, encoding, errors, what, settings)
     offset = lines = 0
-    held, seen_text = "", False  # a "\r" that may start a "\r\n" in the next block
+    held, seen_text, at_start = "", False, True  # held: a "\r" that may start a "\r\n" in the next block
     with _open(path, what, set_path) as f:
-        while block := f.read(BLOCK_BYTES):
+        while block := f.read(BLOCK_BYTES):  # looked up at each call, so tests can make it small
             if offset == 0 and not decoder.utf_wide and b"\x00" in block[:8192]:
                 raise RnnlmError(f"{what} {path} looks binary (it has NUL bytes); set {set_path} to a plain text file")
             text = _decode(decoder.decode, block, offset, lines, path, what, encoding, settings)
-            if offset == 0 and text.startswith("\ufeff"):
-                text = text[1:]
+            if at_start and text:  # the first character, whichever block completes it
+                text, at_start = text.removeprefix("\ufeff"), False
             offset, lines = offset + len(block), lines + block.count(b"\n")
             on_bytes(len(block))
             text = (held + text).replace("\r\n", "\n")
