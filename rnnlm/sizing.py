@@ -16,8 +16,8 @@ schedule that ends after about 10 passes (for 500 K characters; more for a text 
 100 K, whose stronger dropout slows the learning), when a model of this size has learned
 what it can from it: in minutes the schedule would still be high when it starts to learn
 the text by heart. A larger text gets more merges, less dropout, and as many tokens as
-War and Peace's 50 passes (fewer passes the larger it is: one for 330 MB and more, which
-is then too much to learn by heart, hence no dropout); on a CPU its minutes end the
+War and Peace's 50 passes (fewer passes the larger it is: one from 86 million characters on,
+too much to learn by heart, hence no dropout); on a CPU its minutes end the
 schedule first, on a GPU its passes. The rules up to War and Peace were chosen by
 measurement on four texts (docs/tuning.md#your-own-text), each kept only because it won
 there; those above it follow from the token budget (docs/scaling.md#corpora-larger-than-memory).
