@@ -66,8 +66,10 @@ def made_up_name(rng: random.Random) -> str:
     return "".join(rng.choice(syllables) for _ in range(rng.randint(2, 3))).capitalize()
 
 
-def synthetic_book(number: int, paras: list[str], rng: random.Random, size: int) -> str:
-    """One book of about `size` characters: shuffled paragraphs, its own names, its own marks."""
+def synthetic_book(number: int, paras: list[str], rng: random.Random, size: int, marks: bool = True) -> str:
+    """One book of about `size` characters: shuffled paragraphs, its own names, its own
+    marks (without `marks`, the text alone, which code that keeps only a file's first
+    book reads whole)."""
     names = {name: made_up_name(rng) for name in rng.sample(NAMES, k=min(len(NAMES), 12))}
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
     body, length = [], 0
@@ -76,6 +78,8 @@ def synthetic_book(number: int, paras: list[str], rng: random.Random, size: int)
         body.append(para)
         length += len(para) + 2
     title = f"SYNTHETIC BOOK {number}"
+    if not marks:
+        return "\n\n".join(body) + "\n\n"
     return (f"The Project Gutenberg eBook of {title.title()}\n\n*** START OF THE PROJECT GUTENBERG EBOOK {title} ***\n\n"
             + "\n\n".join(body) + f"\n\n*** END OF THE PROJECT GUTENBERG EBOOK {title} ***\n\nLicense text.\n\n")
 
@@ -84,7 +88,7 @@ NAMES = ["Pierre", "Natásha", "Andrew", "Nicholas", "Mary", "Anna", "Sónya", "
          "Napoleon", "Elizabeth", "Darcy", "Jane", "Bingley", "Wickham", "Lydia", "Alice", "Rabbit", "Queen"]
 
 
-def make_corpus(path: Path, size: int, books: list[Path], seed: int = 0) -> Path:
+def make_corpus(path: Path, size: int, books: list[Path], seed: int = 0, marks: bool = True) -> Path:
     """A file of about `size` bytes of synthetic books (kept: made once per size and seed)."""
     if path.exists() and path.stat().st_size >= size:
         return path
@@ -95,7 +99,7 @@ def make_corpus(path: Path, size: int, books: list[Path], seed: int = 0) -> Path
         written, number = 0, 0
         while written < size:
             number += 1
-            text = synthetic_book(number, paras, rng, min(rng.randint(300_000, 3_000_000), size - written + 1000))
+            text = synthetic_book(number, paras, rng, min(rng.randint(300_000, 3_000_000), size - written + 1000), marks)
             f.write(text)
             written += len(text.encode("utf-8"))
     tmp.replace(path)
@@ -132,13 +136,16 @@ def main(argv=None) -> int:
     parser.add_argument("--code", type=Path, default=REPO, help="the checkout whose rnnlm runs (PYTHONPATH)")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "own_text.yaml")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument("--no-marks", action="store_true",
+                        help="books without Gutenberg marks (for code that keeps only a file's first book)")
     args = parser.parse_args(argv)
     rows = []
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; code {args.code}")
     print("| corpus | run | to first step (s) | in all (s) | peak RSS (MB) |\n| --- | --- | --- | --- | --- |")
     for size in args.sizes:
-        corpus = make_corpus(args.dir / f"corpus_{size >> 20}M.txt", size, args.books)
-        work = args.dir / f"work_{size >> 20}M"
+        name = f"{size >> 20}M" + ("_plain" if args.no_marks else "")
+        corpus = make_corpus(args.dir / f"corpus_{name}.txt", size, args.books, marks=not args.no_marks)
+        work = args.dir / f"work_{name}"
         for run in ("empty cache", "cache reused"):
             if run == "empty cache":
                 subprocess.run(["rm", "-rf", str(work)], check=True)

@@ -7,7 +7,6 @@ split" means the same characters.
 
 from __future__ import annotations
 
-import codecs
 import functools
 import glob
 import hashlib
@@ -83,17 +82,7 @@ def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: st
     """
     path = Path(path)
     set_path, set_encoding, set_errors = settings
-    if not path.exists():
-        fetch = ", or data.url to download one there" if set_path == "data.path" else ""
-        raise RnnlmError(f"{what} {path} does not exist; set {set_path} to a text file{fetch}")
-    if path.is_dir():
-        raise RnnlmError(f"{what} {path} is a directory; set {set_path} to a text file inside it")
-    try:
-        codec = codecs.lookup(encoding)
-        codecs.lookup_error(errors)
-    except LookupError as e:
-        raise RnnlmError(f"{e}; set {set_encoding} to e.g. utf-8 or latin-1 and {set_errors} to strict, replace "
-                         "or ignore") from None
+    codec = documents.check_file(path, encoding, errors, what=what, settings=settings)
     try:
         data = path.read_bytes()
     except OSError as e:

@@ -57,7 +57,7 @@ def decoded_blocks(path, encoding: str = "utf-8", errors: str = "strict", *, wha
     """
     path = Path(path)
     set_path, set_encoding, set_errors = settings
-    decoder = _open_decoder(path, encoding, errors, what, settings)
+    decoder = _Decoder(check_file(path, encoding, errors, what=what, settings=settings), errors)
     offset = lines = 0
     held, seen_text, at_start = "", False, True  # held: a "\r" that may start a "\r\n" in the next block
     with _open(path, what, set_path) as f:
@@ -89,7 +89,10 @@ class _Decoder:
         self.utf_wide = codec.name.startswith(("utf-16", "utf-32"))
 
 
-def _open_decoder(path: Path, encoding: str, errors: str, what: str, settings) -> _Decoder:
+def check_file(path: Path, encoding: str, errors: str, *, what: str = "data file",
+               settings: tuple[str, str, str] = _SETTINGS) -> codecs.CodecInfo:
+    """The codec to read a file with, once the file is there and the settings are known;
+    else a one-line error naming the fix (`what` and `settings` as in `decoded_blocks`)."""
     set_path, set_encoding, set_errors = settings
     if not path.exists():
         fetch = ", or data.url to download one there" if set_path == "data.path" else ""
@@ -102,7 +105,7 @@ def _open_decoder(path: Path, encoding: str, errors: str, what: str, settings) -
     except LookupError as e:
         raise RnnlmError(f"{e}; set {set_encoding} to e.g. utf-8 or latin-1 and {set_errors} to strict, replace "
                          "or ignore") from None
-    return _Decoder(codec, errors)
+    return codec
 
 
 def _open(path: Path, what: str, set_path: str):
