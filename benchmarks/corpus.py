@@ -80,7 +80,8 @@ def synthetic_book(number: int, paras: list[str], rng: random.Random, size: int,
     title = f"SYNTHETIC BOOK {number}"
     if not marks:
         return "\n\n".join(body) + "\n\n"
-    return (f"The Project Gutenberg eBook of {title.title()}\n\n*** START OF THE PROJECT GUTENBERG EBOOK {title} ***\n\n"
+    return (f"The Project Gutenberg eBook of {title.title()}\n\n"
+            f"*** START OF THE PROJECT GUTENBERG EBOOK {title} ***\n\n"
             + "\n\n".join(body) + f"\n\n*** END OF THE PROJECT GUTENBERG EBOOK {title} ***\n\nLicense text.\n\n")
 
 
@@ -99,7 +100,8 @@ def make_corpus(path: Path, size: int, books: list[Path], seed: int = 0, marks: 
         written, number = 0, 0
         while written < size:
             number += 1
-            text = synthetic_book(number, paras, rng, min(rng.randint(300_000, 3_000_000), size - written + 1000), marks)
+            book_size = min(rng.randint(300_000, 3_000_000), size - written + 1000)
+            text = synthetic_book(number, paras, rng, book_size, marks)
             f.write(text)
             written += len(text.encode("utf-8"))
     tmp.replace(path)

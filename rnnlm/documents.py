@@ -41,7 +41,8 @@ class ReadStats:
     chars: int = 0  # characters of the cleaned corpus, separators included
 
     def describe(self) -> str:
-        """The startup line's account of the cleaning, e.g. '3 documents, 52,114 characters of header/footer removed'."""
+        """The startup line's account of the cleaning, e.g. '3 documents, 52,114 characters of
+        header/footer removed'."""
         return (f"{self.documents:,} document{'s' * (self.documents != 1)}, "
                 f"{self.removed:,} characters of header/footer removed")
 

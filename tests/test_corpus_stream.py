@@ -81,7 +81,8 @@ def test_stream_errors_match_reading_whole(tmp_path, monkeypatch):
 def test_one_book_is_cleaned_as_before(tmp_path, monkeypatch):
     rng = random.Random(0)
     texts = [book("A", small_text()[:3000]), "no marks at all\n\nat all\n", "\n\n" + small_text()[:500],
-             f"head\n{START.format('X')}", f"text\n{END.format('X')}\nafter", f"{END.format('X')}\n{START.format('Y')}\nbody\n",
+             f"head\n{START.format('X')}", f"text\n{END.format('X')}\nafter",
+             f"{END.format('X')}\n{START.format('Y')}\nbody\n",
              "x\r", "a\r\r\nb\n\n\n"]
     for i, text in enumerate(texts):
         path = tmp_path / f"{i}.txt"
