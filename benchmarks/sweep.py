@@ -48,34 +48,31 @@ def step_seconds(config: str, trial_overrides: list[list[str]], rounds: int = 7,
     text is read (not tokenized) to size it as training will."""
     import torch
 
-    from rnnlm.device import choose_precision
     from rnnlm.model import RNNLM
 
     steps = {}
     for i, overrides in enumerate(trial_overrides):
-        cfg = sized_config(load_config(config, overrides))
+        cfg = sized_config(load_config(config, overrides))  # train.precision too: as the trainer runs it on this CPU
         V, B, T = cfg.tokenizer.vocab_size, cfg.train.batch_size, cfg.train.seq_len
         torch.manual_seed(0)
         model = RNNLM(V, cfg.model).train()
         step = lm_train_step_fn(model, torch.randint(V, (B, T)), torch.randint(V, (B, T)),
                                 cfg.optim.clip_grad_norm or float("inf"))
-        # At the trial's train.precision, as the trainer would run it on this CPU.
-        precision, _ = choose_precision(torch.device("cpu"), cfg.train.precision)
-        steps[i] = at_precision(step, precision)
+        steps[i] = at_precision(step, cfg.train.precision)
     secs = interleaved(steps, rounds, reps)
     return [secs[i] for i in range(len(trial_overrides))]
 
 
 def sized_config(cfg):
-    """`cfg` with its `auto` settings resolved for its training text (rnnlm.sizing), as
-    the trainer resolves them; the text is read only when something is `auto`."""
-    from rnnlm.config import AUTO
-    from rnnlm.data import splits_from_config
-    from rnnlm.sizing import RULES, fit_to_corpus
+    """`cfg` with its `auto` settings resolved as the trainer resolves them on this CPU
+    (rnnlm.sizing.resolve_auto); the text is read only when a setting is sized to it."""
+    import torch
 
-    if all(getattr(getattr(cfg, section), key) != AUTO for section, key in RULES):
-        return cfg
-    return fit_to_corpus(cfg, len(splits_from_config(cfg, download=True)["train"]))[0]
+    from rnnlm.data import splits_from_config
+    from rnnlm.sizing import needs_text, resolve_auto
+
+    chars = len(splits_from_config(cfg, download=True)["train"]) if needs_text(cfg) else None
+    return resolve_auto(cfg, torch.device("cpu"), chars).cfg
 
 
 def run_trial(config: str, overrides: list[str], out_dir: Path) -> dict:

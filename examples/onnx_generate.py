@@ -3,6 +3,7 @@
     python examples/onnx_generate.py EXPORT_DIR "Napoleon was the Emperor of" [MAX_NEW_TOKENS]
 
 Prints the continuation on stdout (as `rnnlm generate --temperature 0` makes it) and the time per token on stderr.
+Runs a float32 export and an int8 one (`rnnlm export --quantize int8`) alike: inputs and outputs are the same.
 """
 import json, sys, time
 from pathlib import Path
@@ -27,5 +28,6 @@ for _ in range(max_new_tokens):
     tokens = np.array([[new[-1]]], np.int64)  # then one token at a time
 elapsed = time.perf_counter() - start
 print(tokenizer.decode(new, skip_special_tokens=False))
-print(f"{1000 * elapsed / max_new_tokens:.2f} ms per token ({max_new_tokens} tokens, the prompt's pass included)",
-      file=sys.stderr)
+weights = config.get("quantization") or "float32"
+print(f"{1000 * elapsed / max_new_tokens:.2f} ms per token ({max_new_tokens} tokens, the prompt's pass included; "
+      f"{weights} weights)", file=sys.stderr)

@@ -2,11 +2,14 @@
 
 from rnnlm.errors import RnnlmError
 
-__all__ = ["RnnlmError", "load_model"]
+__version__ = "0.1.0"  # the package's version (pyproject.toml reads it from here)
+
+__all__ = ["RnnlmError", "load_model", "__version__"]
 
 
 def load_model(path, device=None):
-    """A trained model from a checkpoint, ready to use from Python:
+    """A trained model from a checkpoint (.pt) or a model folder (rnnlm export --format hf),
+    ready to use from Python:
 
         lm = load_model("runs/war_and_peace/best.pt")
         lm.generate("Napoleon was the Emperor of", max_new_tokens=50, temperature=0.8)
@@ -18,4 +21,3 @@ def load_model(path, device=None):
     from rnnlm import inference  # lazily: `import rnnlm` stays light
 
     return inference.load_model(path, device)
-__version__ = "0.1.0"

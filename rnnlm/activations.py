@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rnnlm.cells import CELLS
+from rnnlm.cells import cell_class
 from rnnlm.data import splits_from_config
 from rnnlm.errors import RnnlmError
+from rnnlm.model import ModelBundle
 
 # Double quotes only: the straight one toggles, curly ones open or close. Single quotes
 # are left out, as ’ is also the apostrophe ("Napoleon’s").
@@ -65,12 +66,12 @@ class Activations:
 
 def state_kinds(cell: str) -> list[str]:
     """The parts of a layer's state, in the order the layer keeps them: h, then c for LSTM."""
-    return list(CELLS[cell].state_names)
+    return list(cell_class(cell).state_names)
 
 
 @torch.no_grad()
-def activations(lm, text: str) -> Activations:
-    """Step `lm` (an inference.LoadedModel) over `text` from a zero state; see the module doc."""
+def activations(lm: ModelBundle, text: str) -> Activations:
+    """Step `lm` over `text` from a zero state; see the module doc."""
     if not text:
         raise RnnlmError("the text is empty; give some text to look inside")
     enc = lm.tokenizer.encode(text, add_special_tokens=False)

@@ -1,4 +1,7 @@
-"""Command line: `rnnlm train | generate | evaluate` (also `rnnlm-train`, ... and scripts/*.py).
+"""Command line: `rnnlm COMMAND`, one subcommand for each entry of `COMMANDS` (train,
+generate, evaluate, plot, gradient-flow, predict, export, serve, configs); `rnnlm --version`
+the version. `rnnlm-train`, `rnnlm-generate`, `rnnlm-evaluate` and scripts/*.py are the
+first three on their own; `python -m rnnlm` is the same command.
 
 Every user-facing failure is an RnnlmError, printed here as one line `error: ...` with
 exit status 2 (a mistyped option too); a training run stopped by SIGINT or SIGTERM exits
@@ -41,6 +44,9 @@ def finite_float(text: str) -> float:
     return value
 
 
+CHECKPOINT_HELP = "a best.pt or last.pt written by training, or a model folder written by rnnlm export --format hf"
+
+
 def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command, turning user errors into one line and a non-zero exit code."""
     warnings.showwarning = _warning_line
@@ -62,7 +68,8 @@ def run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> in
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--config", "-c", help="a built-in config's name (rnnlm configs lists them) or a YAML file "
+                                          "(default: the built-in defaults, the same as war_and_peace)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="dotted overrides, each value parsed as YAML, e.g. optim.lr=3e-3 model.cell=gru")
     p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const="",
@@ -91,14 +98,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# configs
+
+
+def add_configs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="print this config's YAML (to save and edit: rnnlm configs tiny > my.yaml)")
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from rnnlm.config import DEFAULT_CONFIG, builtin_configs, config_summary, find_config
+
+    if args.name is not None:
+        print(find_config(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    configs = builtin_configs()
+    width = max(map(len, configs))
+    print("built-in configs: rnnlm train --config NAME (a YAML file works too); rnnlm configs NAME prints one")
+    for name, file in configs.items():
+        print(f"  {name:<{width}}  {config_summary(file)}")
+    print(f"default: {DEFAULT_CONFIG} (rnnlm train with no --config); the files are in {configs[DEFAULT_CONFIG].parent}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # generate
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="text to continue (default: the checkpoint's sample.prompt; '-' reads stdin)")
-    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (other bytes become U+FFFD)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate (default: sample.max_new_tokens)")
     p.add_argument("--temperature", type=finite_float, default=None, help="softmax temperature; 0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (0 = all)")
@@ -112,21 +142,41 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def read_prompt(args: argparse.Namespace, default: str) -> str:
+    """The prompt from --prompt-file, stdin ('-' or piped) or the argument, else `default`;
+    bytes that are not UTF-8 are replaced by U+FFFD with a warning (see sample.prompt_text)."""
+    from rnnlm.sample import prompt_text
+
     if args.prompt_file:
+        from rnnlm.files import regular_file_problem
+
         path = Path(args.prompt_file)
-        if not path.is_file():
-            raise RnnlmError(f"prompt file {str(path)!r} not found")
+        problem = regular_file_problem(path, fifo_ok=True)
+        if problem:
+            raise RnnlmError(f"prompt file {str(path)!r} {problem}; pass a UTF-8 text file with --prompt-file")
         try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise RnnlmError(f"prompt file {str(path)!r} is not UTF-8: byte 0x{e.object[e.start]:02x} at offset "
-                             f"{e.start}; save it as UTF-8") from None
-    if args.prompt == "-":
-        return sys.stdin.read()
-    if args.prompt is None and _stdin_has_data():
+            data = path.read_bytes()
+        except OSError as e:
+            raise RnnlmError(f"cannot read prompt file {str(path)!r} ({e.strerror}); check its permissions") from None
+        return prompt_text(data.decode("utf-8", "surrogateescape").removeprefix("\ufeff"), f"prompt file {path}")
+    if args.prompt == "-" or (args.prompt is None and _stdin_has_data()):
         # Piped text is the prompt; an empty stdin (/dev/null under cron or CI) is not.
-        return sys.stdin.read() or default
-    return default if args.prompt is None else args.prompt
+        return prompt_text(read_stdin(), "stdin") or (default if args.prompt is None else "")
+    return default if args.prompt is None else prompt_text(args.prompt, "the command line")
+
+
+def read_stdin() -> str:
+    """All of stdin, its undecodable bytes kept as surrogates for sample.prompt_text (see lenient_stdin)."""
+    lenient_stdin()
+    return sys.stdin.read()
+
+
+def lenient_stdin() -> None:
+    """Have stdin hand on bytes it cannot decode as surrogates, as the command line does,
+    instead of raising in the middle of a read."""
+    try:
+        sys.stdin.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):  # not a text stream of a file, or already read from
+        pass
 
 
 def _stdin_has_data() -> bool:
@@ -145,6 +195,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rnnlm.config import check_sampling
     from rnnlm.inference import load_model
     from rnnlm.sample import generate, print_stream
+    from rnnlm.tokenizer import word_separator
 
     lm = load_model(args.checkpoint, args.device)
     sc = lm.config.sample
@@ -159,7 +210,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.interactive:
         return interactive_generate(lm, opts)
     prompt = read_prompt(args, sc.prompt)
-    separator = " " if lm.config.tokenizer.kind == "word" else ""
+    separator = word_separator(lm.tokenizer)
     if args.num_samples == 1:
         # The prompt is shown with the first new text, so a bad option or prompt prints nothing.
         shown = []
@@ -185,7 +236,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--split", choices=["train", "valid", "test"], default=None,
                      help="a split of the checkpoint's corpus (default: test)")
@@ -209,21 +260,18 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rnnlm.evaluate import format_metrics, score_split, score_text_file
+    from rnnlm.evaluate import check_dynamic, format_metrics, score_split, score_text_file
     from rnnlm.inference import load_model
 
     if args.batch_size is not None and args.batch_size < 1 or args.seq_len < 1:
         raise RnnlmError("--batch-size and --seq-len must be at least 1")
-    if args.dynamic is not None and not (args.dynamic >= 0 and math.isfinite(args.dynamic)):
-        raise RnnlmError(f"--dynamic must be a learning rate >= 0, got {args.dynamic}")
+    check_dynamic(args.dynamic, args.dynamic_decay, args.dynamic_rms,
+                  options={"dynamic_lr": "--dynamic", "dynamic_decay": "--dynamic-decay",
+                           "dynamic_rms": "--dynamic-rms"})
     if args.dynamic is not None and args.batch_size not in (None, 1):
         raise RnnlmError("--dynamic scores the text as one stream: leave out --batch-size")
     if args.dynamic is None and (args.dynamic_rms or args.dynamic_decay):
         raise RnnlmError("--dynamic-rms and --dynamic-decay refine dynamic evaluation: add --dynamic LR")
-    if not 0 <= args.dynamic_decay < 1:
-        raise RnnlmError(f"--dynamic-decay must be in [0, 1), got {args.dynamic_decay}")
-    if args.dynamic_rms < 0:
-        raise RnnlmError(f"--dynamic-rms must be a number of tokens >= 1 (0 turns it off), got {args.dynamic_rms}")
     lm = load_model(args.checkpoint, args.device)
     batch_size = args.batch_size or lm.config.train.batch_size
     kwargs = dict(batch_size=batch_size, seq_len=args.seq_len, dynamic_lr=args.dynamic,
@@ -251,6 +299,7 @@ def interactive_generate(lm, opts: dict) -> int:
     from rnnlm.interactive import HELP, run_session, terminal_lines
 
     settings = {k: opts[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+    lenient_stdin()
     if sys.stdin.isatty():
         print(HELP, file=sys.stderr)
         lines = terminal_lines()
@@ -340,13 +389,14 @@ def cmd_gradient_flow(args: argparse.Namespace) -> int:
 
 def _gradient_flow_setup(args: argparse.Namespace, trained: list):
     """The config (--config, else the first checkpoint's) and the cells to measure untrained."""
-    from rnnlm.config import CELL_KINDS, load_config
+    from rnnlm.cells import CELLS
+    from rnnlm.config import load_config
 
     cfg = load_config(args.config, args.overrides) if args.config else trained[0].config
     cells = args.cells.split(",") if args.cells else ([] if trained else [cfg.model.cell])
     for cell in cells:
-        if cell not in CELL_KINDS:
-            raise RnnlmError(f"--cells: unknown cell {cell!r}; use a comma-separated list of {', '.join(CELL_KINDS)}")
+        if cell not in CELLS:
+            raise RnnlmError(f"--cells: unknown cell {cell!r}; use a comma-separated list of {', '.join(CELLS)}")
     return cfg, cells
 
 
@@ -374,7 +424,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.epilog = PREDICT_EPILOG
     p.add_argument("prompt", nargs="?", help="text whose next word is predicted ('-' reads stdin)")
     p.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (a long text: a book)")
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("-k", "--top-k", type=int, default=10, help="how many words to list (default 10)")
     p.add_argument("--beam", type=int, default=16,
                    help="partial words kept while searching bpe/char continuations (default 16)")
@@ -406,22 +456,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder to write model.onnx, tokenizer.json and config.json into (must not exist)")
-    p.add_argument("--format", default="onnx", help="export format (default and only one: onnx)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+                   help="folder to write the export into (new, empty, or an earlier export): model.onnx, tokenizer.json and "
+                        "config.json; with --format hf model.safetensors, config.json, tokenizer.json, README.md")
+    p.add_argument("--format", default="onnx",
+                   help="onnx (default: a step function for onnxruntime) | hf (a model folder in the layout of "
+                        "Hugging Face's hub, which rnnlm loads with --checkpoint DIR)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="with --format onnx: int8 weights (onnxruntime's dynamic quantization), a smaller, faster "
+                        "graph whose logits move by tenths (default: float32)")
+    p.add_argument("--license", default=None,
+                   help="with --format hf: the license for the model card's metadata, e.g. mit (default: none)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export's files in --out (other files there are kept)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from rnnlm.export import export_model
 
-    done = export_model(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite)
+    if args.license is not None and args.format != "hf":
+        raise RnnlmError("--license is for the model card of --format hf; leave it out for onnx")
+    done = export_model(args.checkpoint, args.out, fmt=args.format, overwrite=args.overwrite, license=args.license,
+                        quantize=args.quantize)
+    if args.format == "hf":
+        print(f"wrote {args.out}: {hf_summary(done)}")
+        return 0
     state = ", ".join(s["name"] for s in done["state"])
-    print(f"wrote {args.out}: model.onnx ({done['cell']} {done['num_layers']}x{done['hidden_size']}, "
-          f"vocab {done['vocab_size']}, state {state}), tokenizer.json, config.json; "
-          f"onnxruntime matches PyTorch to {done['max_abs_diff']:.1e}")
+    weights = f"{args.quantize} weights, " if args.quantize else ""
+    check = (f"int8 logits within {done['max_abs_diff']:.2f} of PyTorch's" if args.quantize else
+             f"onnxruntime matches PyTorch to {done['max_abs_diff']:.1e}")
+    print(f"wrote {args.out}: model.onnx ({weights}{done['cell']} {done['num_layers']}x{done['hidden_size']}, "
+          f"vocab {done['vocab_size']}, state {state}), tokenizer.json, config.json; {check}")
     return 0
+
+
+def hf_summary(done: dict) -> str:
+    """What an hf export wrote, with the model card's scores."""
+    m, measured = done["model"], done["measured"]
+    scores = ", ".join(f"{split} {measured[split]['bpc']:.4f} bpc" for split in ("valid", "test") if split in measured)
+    return (f"model.safetensors ({m['cell']} {m['num_layers']}x{m['hidden_size']}, vocab {done['vocab_size']}), "
+            f"config.json, tokenizer.json, README.md ({scores or 'not scored: ' + measured.get('missing', '')})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,7 +503,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by training")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available, else cpu)")
@@ -455,20 +529,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # entry points
 
 COMMANDS = {
-    "train": (add_train_args, cmd_train, "train a model from a YAML config"),
+    "train": (add_train_args, cmd_train, "train a model from a built-in config or a YAML file"),
+    "configs": (add_configs_args, cmd_configs, "list the built-in configs, one line each, or print one"),
     "generate": (add_generate_args, cmd_generate, "continue a prompt from a checkpoint"),
     "evaluate": (add_evaluate_args, cmd_evaluate, "loss, perplexity and bits per character of a checkpoint"),
     "plot": (add_plot_args, cmd_plot, "draw a run's loss and gradient-norm curves as a PNG"),
     "gradient-flow": (add_gradient_flow_args, cmd_gradient_flow,
                       "plot ||dL_T/dh_t|| against the distance T - t: vanishing and exploding gradients"),
     "predict": (add_predict_args, cmd_predict, "the k most likely next words after a prompt, with probabilities"),
-    "export": (add_export_args, cmd_export, "write a checkpoint as ONNX with its tokenizer, to run without PyTorch"),
+    "export": (add_export_args, cmd_export,
+               "write a checkpoint as ONNX to run without PyTorch, or as a model folder to share (--format hf)"),
     "serve": (add_serve_args, cmd_serve, "a local web page: completions, next words and what the hidden units track"),
 }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from rnnlm import __version__
+
     parser = ArgumentParser(prog="rnnlm", description="Recurrent-network language models in PyTorch.")
+    parser.add_argument("--version", action="version", version=f"rnnlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

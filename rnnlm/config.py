@@ -1,6 +1,12 @@
 """Typed configuration: YAML file -> nested dataclasses, plus dotted command-line overrides.
 
-    cfg = load_config("configs/war_and_peace.yaml", ["optim.lr=3e-3", "model.cell=gru"])
+    cfg = load_config("war_and_peace", ["optim.lr=3e-3", "model.cell=gru"])   # a built-in config by name
+    cfg = load_config("my_config.yaml")                                          # or any YAML file
+
+The built-in defaults (``Config()``, ``load_config(None)``) are the default config,
+configs/war_and_peace.yaml, key for key (a test holds them together). The configs ship
+inside the package (rnnlm/configs is the repository's configs/), so a name finds them
+from any folder.
 
 Every section is a dataclass with one docstring line per field and checks in
 ``__post_init__``. An unknown key, a value of the wrong type or out of range is a
@@ -23,13 +29,14 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from rnnlm.cells import CELLS
 from rnnlm.errors import RnnlmError
 
 WAR_AND_PEACE_PATH = "data/war_and_peace.txt"
 WAR_AND_PEACE_URL = "https://www.gutenberg.org/cache/epub/2600/pg2600.txt"
-CELL_KINDS = ("rnn", "gru", "lstm", "mingru", "minlstm")
-# The cells without hidden-to-hidden weights (cells.py checks that its classes agree).
-MINIMAL_CELLS = ("mingru", "minlstm")
+# The configs that ship with the package, found by name: rnnlm/configs links to the repository's configs/.
+CONFIGS_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = "war_and_peace"
 TOKENIZER_KINDS = ("bpe", "word", "char")
 # A value that keys such as tokenizer.vocab_size take to be sized to the training text (sizing.py).
 AUTO = "auto"
@@ -129,8 +136,8 @@ class DataConfig:
     """Text encoding of the file."""
     errors: str = "strict"
     """What to do with undecodable bytes: strict (stop with the byte offset) | replace | ignore."""
-    cache_dir: str = "data/cache"
-    """Folder for cached tokenizers and token ids, so a second run does not re-tokenize."""
+    cache_dir: Optional[str] = "data/cache"
+    """Folder for cached tokenizers and token ids, so a second run does not re-tokenize (null: no cache)."""
 
     def __post_init__(self):
         self.split = tuple(self.split)
@@ -179,15 +186,15 @@ class TokenizerConfig:
 class ModelConfig:
     """Embedding -> stacked recurrent layers -> output layer."""
 
-    cell: str = "lstm"
+    cell: str = "gru"
     """Recurrent cell: rnn (Elman, tanh) | gru | lstm | mingru | minlstm (gates from the input alone: a linear recurrence, Feng et al. 2024)."""
     embedding_size: Optional[int] = None
     """Width of the token embedding (null: hidden_size; must equal it when tie_weights is on)."""
-    hidden_size: int = 512
+    hidden_size: int = 448
     """Width of each recurrent layer's hidden state."""
     num_layers: int = 2
     """Number of stacked recurrent layers."""
-    dropout: Union[float, Literal["auto"]] = 0.0
+    dropout: Union[float, Literal["auto"]] = 0.15
     """Variational (locked) dropout on each layer's output: one mask per sequence (auto: sized to the training text)."""
     embed_dropout: float = 0.0
     """Drops whole tokens of the vocabulary from the embedding (AWD-LSTM)."""
@@ -199,9 +206,8 @@ class ModelConfig:
     """Recurrent layer implementation: fast (default) | reference (plain per-step autograd)."""
 
     def __post_init__(self):
-        _check(self.cell in CELL_KINDS, "model.cell",
-               f"must be one of {', '.join(CELL_KINDS)}, got {self.cell!r}")
-        _check(not (self.weight_drop > 0 and self.cell in MINIMAL_CELLS), "model.weight_drop",
+        _check(self.cell in CELLS, "model.cell", f"must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        _check(not (self.weight_drop > 0 and not CELLS[self.cell].recurrent_weights), "model.weight_drop",
                f"(DropConnect on W_hh) must be 0 for {self.cell}, which has no hidden-to-hidden weights")
         for name in ("hidden_size", "num_layers", "embedding_size"):
             value = getattr(self, name)
@@ -226,9 +232,9 @@ class OptimConfig:
 
     name: str = "adamw"
     """adamw | sgd."""
-    lr: float = 3e-3
+    lr: float = 0.006
     """Peak learning rate."""
-    weight_decay: float = 0.01
+    weight_decay: float = 0.2
     """Decoupled weight decay (AdamW) or L2 (SGD); not applied to biases."""
     betas: tuple = (0.9, 0.99)
     """AdamW's moving-average coefficients."""
@@ -240,7 +246,7 @@ class OptimConfig:
     """Linear warmup from 0 to lr over this many steps."""
     schedule: str = "cosine"
     """After warmup: cosine (decay to min_lr_ratio * lr at the end of the run) | constant."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.02
     """Final learning rate as a fraction of lr for the cosine schedule."""
     ema_decay: float = 0.0
     """Moving average of the weights, avg <- d * avg + (1 - d) * w every step (0 = off); evaluation and the checkpoint's model use avg."""
@@ -270,19 +276,19 @@ class TrainConfig:
     """Run directory: config.yaml, tokenizer.json, last.pt, best.pt, metrics.jsonl."""
     batch_size: int = 32
     """Number of parallel streams through the corpus (B)."""
-    seq_len: int = 64
+    seq_len: int = 32
     """Steps of backpropagation through time per batch (T)."""
     max_steps: Optional[int] = None
     """Stop after this many optimizer steps (null: no limit)."""
     max_epochs: Union[float, Literal["auto"], None] = None
     """Stop after this many passes over the train split (null: no limit; auto: sized to the training text)."""
-    max_minutes: Optional[float] = None
+    max_minutes: Optional[float] = 13.0
     """Stop after this many minutes of training (null: no limit)."""
     eval_every: int = 500
     """Evaluate on the validation split every this many steps (and at the end)."""
-    eval_tokens: Optional[int] = None
+    eval_tokens: Optional[int] = 50000
     """Cap on validation tokens per periodic evaluation (null: the whole split)."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = 250
     """Write last.pt every this many steps (and at the end)."""
     log_every: int = 20
     """Update the progress bar and metrics.jsonl every this many steps."""
@@ -494,14 +500,41 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def builtin_configs() -> dict[str, Path]:
+    """{name: file} of the configs that ship with the package, in name order."""
+    return {file.stem: file for file in sorted(CONFIGS_DIR.glob("*.yaml"))}
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """The config file that `name_or_path` names: an existing file as given, else a built-in
+    config by its name (``tiny`` or ``tiny.yaml``, no folder). Anything else is one line
+    that lists the names."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    configs = builtin_configs()
+    name = path.name.removesuffix(".yaml")
+    if path.name == str(name_or_path) and name in configs:
+        return configs[name]
+    if name in configs:
+        raise RnnlmError(f"config file {str(name_or_path)!r} not found; the built-in config of that name is "
+                         f"--config {name} (rnnlm configs lists them)")
+    raise RnnlmError(f"config file {str(name_or_path)!r} not found, nor a built-in config of that name; "
+                     f"pass a YAML file or one of {', '.join(configs)} (rnnlm configs lists them)")
+
+
+def config_summary(file: Path) -> str:
+    """A config file's first line, its one-line summary (what it is for, how long it takes)."""
+    first = file.read_text(encoding="utf-8").split("\n", 1)[0]
+    return first.removeprefix("#").strip()
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Read a YAML config (or start from the defaults when `path` is None) and apply overrides."""
+    """Read a YAML config, a file or a built-in config's name (or start from the defaults
+    when `path` is None, the default config's values), and apply overrides."""
     values: Any = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RnnlmError(f"config file {str(path)!r} not found; pass an existing YAML file, "
-                             "e.g. --config configs/war_and_peace.yaml")
+        path = find_config(path)
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:

@@ -19,12 +19,11 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from . import documents, prepare, token_cache
+from . import documents, prepare, sizing, token_cache
 from . import tokenizer as tokenization
-from .config import AUTO
+from .config import AUTO, DataConfig, TokenizerConfig
 from .errors import RnnlmError
 from .files import atomic_write
-from .sizing import vocab_size_for
 
 SPLITS = ("train", "valid", "test")
 
@@ -73,12 +72,14 @@ def download(url: str, path, progress: bool = True) -> Path:
 
 
 def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: str = "data file",
-              settings: tuple[str, str, str] = ("data.path", "data.encoding", "data.errors")) -> str:
-    """The text of a file, or a one-line RnnlmError saying what is wrong and how to fix it.
+              settings: tuple[str, str, str] = ("data.path", "data.encoding", "data.errors"),
+              empty_ok: bool = False) -> str:
+    """The text of a regular file, or a one-line RnnlmError saying what is wrong and how to fix it.
 
     `what` names the file in messages and `settings` the (path, encoding, errors) options a
     user changes to fix it: config keys for the training data, flags for a command's file.
-    A leading byte-order mark is dropped: it marks the encoding, it is not text.
+    A leading byte-order mark is dropped: it marks the encoding, it is not text. A file of
+    only whitespace is refused, unless `empty_ok` (one file of a folder's several).
     """
     path = Path(path)
     set_path, set_encoding, set_errors = settings
@@ -101,24 +102,25 @@ def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: st
         ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    if not text.strip():
+    if not text.strip() and not empty_ok:
         raise RnnlmError(f"{what} {path} is empty (or only whitespace); set {set_path} to a file with text in it")
     return text
 
 
 def corpus_files(path, pattern: str = "**/*.txt") -> list[Path]:
-    """The files `data.path` names: a file itself; a folder's files matching `pattern`
-    (recursively with ``**``) in name order; or a glob pattern's matches in name order."""
+    """The files `data.path` names: a file itself (also when its name holds ``*?[``); a
+    folder's files matching `pattern` (relative to it, recursively with ``**``) in name order;
+    or a glob pattern's matches in name order."""
     name = str(path)
-    if any(c in name for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(name, recursive=True) if Path(p).is_file())
+    if any(c in name for c in "*?[") and not Path(path).exists():
+        files = sorted(Path(p) for p in glob.glob(name, recursive=True) if not Path(p).is_dir())
         if not files:
             raise RnnlmError(f"data.path {name!r} matches no files; check the pattern (e.g. 'poems/*.txt') "
                              "or set data.path to a file or folder")
         return files
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.glob(pattern) if p.is_file())
+        files = sorted(p for p in _folder_matches(path, pattern) if not p.is_dir())
         if not files:
             raise RnnlmError(f"folder {path} has no files matching {pattern!r}; put text files in it or set "
                              "data.glob to the pattern of its files (e.g. '**/*.md')")
@@ -126,23 +128,50 @@ def corpus_files(path, pattern: str = "**/*.txt") -> list[Path]:
     return [path]
 
 
+def _folder_matches(folder: Path, pattern: str) -> list[Path]:
+    """`folder`.glob(`pattern`), with a pattern it cannot take (absolute, empty) as one line."""
+    unusable = RnnlmError(f"data.glob {pattern!r} is not a pattern relative to the folder {folder}; set "
+                          "data.glob to e.g. '**/*.txt', or data.path to the absolute pattern itself")
+    if Path(pattern).is_absolute():
+        raise unusable
+    try:
+        return list(folder.glob(pattern))
+    except ValueError:  # an empty pattern, or "**" inside a name
+        raise unusable from None
+
+
 def pre_split_layout(path, valid_path, test_path) -> tuple:
     """(valid_path, test_path, train path) of a pre-split dataset: as given, or, for a
     folder holding train.txt and valid.txt (and maybe test.txt; the PyTorch example's
-    layout), those files; (None, None, path) for a text to split."""
+    layout), those files; (None, None, path) for a text to split. A folder holding only
+    some of train.txt and valid.txt (say train.txt and test.txt) is refused, naming what is
+    missing, rather than read as a text to split."""
     folder = Path(path)
-    if valid_path is None and folder.is_dir() and (folder / "train.txt").is_file() and (folder / "valid.txt").is_file():
-        test = folder / "test.txt"
-        return folder / "valid.txt", test if test.is_file() else None, folder / "train.txt"
-    return valid_path, test_path, path
+    if valid_path is not None or not folder.is_dir():
+        return valid_path, test_path, path
+    present = [name for name in ("train.txt", "valid.txt", "test.txt") if (folder / name).is_file()]
+    if not present:
+        return None, None, path
+    missing = [name for name in ("train.txt", "valid.txt") if name not in present]
+    if missing:
+        raise RnnlmError(f"folder {folder} looks pre-split (it has {' and '.join(present)}) but has no "
+                         f"{' or '.join(missing)}; add {' and '.join(missing)}, or set data.valid_path, or move "
+                         f"{' and '.join(present)} out to have the folder's files split 80/10/10")
+    test = folder / "test.txt"
+    return folder / "valid.txt", test if test.is_file() else None, folder / "train.txt"
 
 
 def read_documents(files: list[Path], separator: str = "\n", encoding: str = "utf-8",
                    errors: str = "strict") -> str:
     """The files' texts, each cleaned (clean_text), joined by `separator`; a file that
-    cannot be read is named in a one-line error."""
-    texts = [clean_text(read_text(f, encoding=encoding, errors=errors)) for f in files]
-    return separator.join(t for t in texts if t)
+    cannot be read is named in a one-line error. Of several files, those with no text
+    (empty, or only a Project Gutenberg header) are skipped with a warning naming them;
+    only when none has text is that an error (documents.skip_empty_files)."""
+    if len(files) == 1:
+        return clean_text(read_text(files[0], encoding=encoding, errors=errors))
+    texts = [clean_text(read_text(f, encoding=encoding, errors=errors, empty_ok=True)) for f in files]
+    documents.skip_empty_files(files, [f for f, t in zip(files, texts) if not t.strip()])
+    return separator.join(t for t in texts if t.strip())
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,23 +218,52 @@ class Corpus:
     cleaning: str = ""  # what the cleaning found: "N documents, M characters of header/footer removed"
 
 
-def read_splits(path, *, pattern: str, separator: str, split: tuple, valid_path, test_path, url: str | None,
-                encoding: str, errors: str, progress: bool) -> tuple[dict[str, str], str, str]:
-    """(train/valid/test texts, what was read, the text that identifies the data) of a
-    text to split, or of a pre-split dataset (see pre_split_layout), read as it is."""
-    read = functools.partial(read_documents, separator=separator, encoding=encoding, errors=errors)
-    valid_path, test_path, path = pre_split_layout(path, valid_path, test_path)
+@dataclass
+class CorpusText:
+    """A corpus read as a stream, cleaned and split, not yet tokenized: where its text
+    comes from (read again to tokenize), never the text itself."""
+
+    sources: prepare.Sources  # the files, and how they are read, cleaned and split
+    source: str  # what was read, as Corpus.source
+    text_hash: str  # sha256 of the cleaned text, as Corpus.text_hash
+    chars: dict[str, int]  # split -> its characters (0 for a split the data leaves out)
+    cleaning: str = ""  # what the cleaning found, as Corpus.cleaning
+
+
+def corpus_sources(dc: DataConfig, *, may_download: bool = True, progress: bool = True) -> tuple[prepare.Sources, str]:
+    """(the files the `data` section names, what the startup line calls them): a text to
+    split, or a pre-split dataset's files of each split (see pre_split_layout). A missing
+    single file is downloaded from data.url only with `may_download`."""
+    valid_path, test_path, path = pre_split_layout(dc.path, dc.valid_path, dc.test_path)
+    sources = prepare.Sources(fractions=tuple(dc.split), name=str(path), separator=dc.separator,
+                              encoding=dc.encoding, errors=dc.errors, progress=progress)
     if valid_path is not None:
-        splits = {"train": read(corpus_files(path, pattern)), "valid": read(corpus_files(valid_path, pattern)),
-                  "test": read(corpus_files(test_path, pattern)) if test_path is not None else ""}
-        source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
+        sources.pre_split = {"train": corpus_files(path, dc.glob), "valid": corpus_files(valid_path, dc.glob),
+                             "test": corpus_files(test_path, dc.glob) if test_path is not None else []}
+        return sources, f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else
+                                                                             "no test")
+    sources.files = corpus_files(path, dc.glob)
+    if len(sources.files) == 1 and not sources.files[0].exists() and dc.url and may_download:
+        download(dc.url, sources.files[0], progress=progress)
+    single = len(sources.files) == 1 and sources.files[0] == Path(path)
+    return sources, str(sources.files[0]) if single else f"{len(sources.files)} files from {path}"
+
+
+def read_splits(dc: DataConfig, *, may_download: bool = True, progress: bool = True) -> tuple[dict[str, str], str, str]:
+    """(train/valid/test texts, what was read, the text that identifies the data) of the
+    `data` section's text to split, or of a pre-split dataset (see pre_split_layout), read
+    whole into memory as it is; a missing single file is downloaded from data.url only with
+    `may_download`. Training reads the same text as a stream instead (read_corpus)."""
+    read = functools.partial(read_documents, separator=dc.separator, encoding=dc.encoding, errors=dc.errors)
+    sources, source = corpus_sources(dc, may_download=may_download, progress=progress)
+    if sources.pre_split is not None:
+        splits = {name: read(files) if files else "" for name, files in sources.pre_split.items()}
         text = "\0".join(splits[name] for name in SPLITS)
     else:
-        files, source = _files_to_split(path, pattern, url, progress)
-        text = read(files)
-        splits = split_text(text, split) if text.strip() else {}
+        text = read(sources.files)
+        splits = split_text(text, dc.split) if text.strip() else {}
     if not any(t.strip() for t in splits.values()):
-        raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
+        raise RnnlmError(f"data file {sources.name} has no text left after removing the Project Gutenberg "
                          "header/footer; use another file")
     return splits, source, text
 
@@ -214,113 +272,97 @@ def splits_from_config(cfg, download: bool = False) -> dict[str, str]:
     """The train/valid/test texts of a run config's `data` section, read and split as
     training reads them, not tokenized; a missing War and Peace is downloaded only when
     `download` is set."""
-    dc = cfg.data
-    splits, _, _ = read_splits(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split,
-                               valid_path=dc.valid_path, test_path=dc.test_path, url=dc.url if download else None,
-                               encoding=dc.encoding, errors=dc.errors, progress=False)
-    return splits
+    return read_splits(cfg.data, may_download=download, progress=False)[0]
 
 
-def load_corpus(
-    path,
-    *,
-    pattern: str = "**/*.txt",
-    separator: str = "\n",
-    split: tuple = (0.8, 0.1, 0.1),
-    valid_path=None,
-    test_path=None,
-    url: str | None = None,
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    tokenizer_kind: str = "bpe",
-    vocab_size: int | str = 4096,
-    cache_dir="data/cache",
-    tokenizer_json: str | None = None,
-    progress: bool = True,
-) -> Corpus:
-    """Read, clean, split and tokenize a text file, a folder's files matching `pattern` or
-    a glob's files (joined by `separator`; see corpus_files); download a single missing
-    file first when a ``url`` is given. A pre-split dataset (``valid_path``, or a folder
-    of train.txt / valid.txt / test.txt: see pre_split_layout) is read as it is split.
+def read_corpus(dc: DataConfig, *, progress: bool = True) -> CorpusText:
+    """Read, clean and split the `data` section's text as a stream (prepare.py; downloading
+    a single missing file from data.url), never whole: its hash and each split's characters.
 
-    The text is read as a stream, never whole (prepare.py): memory does not grow with
-    the corpus. The tokenizer is trained on the train split (``vocab_size="auto"``: a
-    vocabulary sized to it, see sizing.py), unless ``tokenizer_json`` is given (a run
-    being resumed or evaluated must use its own tokenizer). The ids go to a token cache
-    file in ``cache_dir`` (token_cache.py) named by a hash of the cleaned text and the
-    tokenizer settings, and are read through a memory map, so a second run only reads
-    the text once to hash it; ``cache_dir=None`` keeps them in a temporary file instead.
-    """
-    valid_path, test_path, path = pre_split_layout(path, valid_path, test_path)
-    sources = prepare.Sources(fractions=tuple(split), name=str(path), separator=separator, encoding=encoding,
-                              errors=errors, progress=progress)
-    if valid_path is not None:
-        sources.pre_split = {"train": corpus_files(path, pattern), "valid": corpus_files(valid_path, pattern),
-                             "test": corpus_files(test_path, pattern) if test_path is not None else []}
-        source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
-    else:
-        sources.files, source = _files_to_split(path, pattern, url, progress)
+    Where a text is cut into splits is kept in data.cache_dir beside the token cache
+    (prepare.split_chars), so a run whose token cache exists reads the text only once."""
+    sources, source = corpus_sources(dc, progress=progress)
     text_hash, counts, stats = prepare.scan(sources)
+    record = None
+    if dc.cache_dir is not None and sources.pre_split is None:
+        key = _key("split", text_hash, repr(tuple(float(f) for f in dc.split)))
+        record = Path(dc.cache_dir) / f"{key}.split"
+    chars = prepare.split_chars(sources, counts, record)
+    return CorpusText(sources=sources, source=source, text_hash=text_hash, chars=chars, cleaning=stats.describe())
 
-    settings = ["given", tokenizer_json] if tokenizer_json is not None else \
-        [tokenizer_kind, str(vocab_size if tokenizer_kind != "char" else 0)]
-    if tuple(split) != (0.8, 0.1, 0.1):  # the default keys as it always has
-        settings.append(repr(tuple(float(f) for f in split)))
-    if sum(counts.values()) > prepare.TOKENIZER_CHARS:
+
+def tokenize_corpus(text: CorpusText, dc: DataConfig, tc: TokenizerConfig,
+                    tokenizer_json: str | None = None) -> Corpus:
+    """Tokenize the splits with a tokenizer of the `tokenizer` section trained on the train
+    split, or with ``tokenizer_json`` when given (a run being resumed or evaluated must use
+    its own tokenizer). tokenizer.vocab_size must be resolved (sizing.resolve_auto).
+
+    The text is read again as a stream (prepare.py): memory does not grow with the corpus.
+    The ids go to a token cache file in data.cache_dir (token_cache.py) named by a hash of
+    the cleaned text and the tokenizer settings, and are read through a memory map, so a
+    second run skips tokenization; a cache_dir of None keeps them in a temporary file.
+    """
+    if tokenizer_json is not None:
+        settings = ["given", tokenizer_json]  # kind and vocab_size play no part then
+    elif tc.vocab_size == AUTO:
+        raise ValueError("tokenizer.vocab_size is auto: resolve it first (sizing.resolve_auto)")
+    else:
+        settings = [tc.kind, str(tc.vocab_size if tc.kind != "char" else 0)]
+    if tuple(dc.split) != (0.8, 0.1, 0.1):  # the default keys as it always has
+        settings.append(repr(tuple(float(f) for f in dc.split)))
+    if sum(text.chars.values()) > prepare.TOKENIZER_CHARS:
         settings.append(f"learned from {prepare.TOKENIZER_CHARS}")
-    key = hashlib.sha256("\0".join([f"v{token_cache.FORMAT}", text_hash, *settings]).encode("utf-8")).hexdigest()[:24]
-    cache_file = Path(cache_dir) / f"{key}.ids" if cache_dir is not None else None
+    key = _key(f"v{token_cache.FORMAT}", text.text_hash, *settings)
+    cache_file = Path(dc.cache_dir) / f"{key}.ids" if dc.cache_dir is not None else None
 
-    cached = _load_cache(cache_file, vocab_size) if cache_file is not None else None
+    cached = _load_cache(cache_file) if cache_file is not None else None
     if cached is None:
-        chars = prepare.split_chars(sources, counts)
-        if vocab_size == AUTO:
-            vocab_size = vocab_size_for(chars["train"])
         tok = tokenization.from_json(tokenizer_json) if tokenizer_json is not None else \
-            prepare.train_tokenizer(sources, chars, tokenizer_kind, vocab_size)
+            prepare.train_tokenizer(text.sources, text.chars, tc.kind, tc.vocab_size)
 
         def fill(writer) -> dict:
-            prepare.encode_into(writer, sources, chars, tok)
-            return {"tokenizer_json": tokenization.to_json(tok), "chars": chars, "vocab_size": vocab_size}
-        meta, ids = token_cache.write(cache_file, token_cache.dtype_for(tok.get_vocab_size()), fill,
-                                      elsewhere="set data.cache_dir to another disk")
-        cached = tok, ids, chars
-    tok, ids, chars = cached
-    return Corpus(tokenizer=tok, ids=ids, chars=chars, text_hash=text_hash, source=source, cleaning=stats.describe())
+            prepare.encode_into(writer, text.sources, text.chars, tok)
+            return {"tokenizer_json": tokenization.to_json(tok), "chars": text.chars}
+        _, ids = token_cache.write(cache_file, token_cache.dtype_for(tok.get_vocab_size()), fill,
+                                   elsewhere="set data.cache_dir to another disk")
+        cached = tok, {name: ids[name] for name in SPLITS}
+    tok, ids = cached
+    return Corpus(tokenizer=tok, ids=ids, chars=text.chars, text_hash=text.text_hash, source=text.source,
+                  cleaning=text.cleaning)
 
 
-def _files_to_split(path, pattern: str, url: str | None, progress: bool) -> tuple[list[Path], str]:
-    """(the files of a text to split, what the startup line calls them); a single missing
-    file is downloaded first when a ``url`` is given."""
-    files = corpus_files(path, pattern)
-    if len(files) == 1 and not files[0].exists() and url:
-        download(url, files[0], progress=progress)
-    return files, str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
+def _key(*parts: str) -> str:
+    """The name of a file in data.cache_dir: a hash of what it depends on."""
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:24]
+
+
+def load_corpus(dc: DataConfig, tc: TokenizerConfig, *, tokenizer_json: str | None = None,
+                progress: bool = True) -> Corpus:
+    """Read, clean, split and tokenize the text the `data` section names: read_corpus, then
+    tokenize_corpus (tokenizer.vocab_size must not be `auto`)."""
+    return tokenize_corpus(read_corpus(dc, progress=progress), dc, tc, tokenizer_json)
 
 
 def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = True) -> Corpus:
-    """load_corpus with a run config's `data` and `tokenizer` sections (train, evaluate, tools)."""
-    dc, tc = cfg.data, cfg.tokenizer
-    return load_corpus(dc.path, pattern=dc.glob, separator=dc.separator, split=dc.split, valid_path=dc.valid_path,
-                       test_path=dc.test_path, url=dc.url, encoding=dc.encoding, errors=dc.errors, tokenizer_kind=tc.kind, vocab_size=tc.vocab_size,
-                       cache_dir=dc.cache_dir, tokenizer_json=tokenizer_json, progress=progress)
+    """The corpus of a run config (evaluation and tools): its `data` section read, its
+    `auto` sizes resolved for the text (sizing.fit_to_corpus), tokenized."""
+    text = read_corpus(cfg.data, progress=progress)
+    if sizing.needs_text(cfg):
+        cfg = sizing.fit_to_corpus(cfg, text.chars["train"])[0]
+    return tokenize_corpus(text, cfg.data, cfg.tokenizer, tokenizer_json)
 
 
-def _load_cache(file: Path, vocab_size):
-    """(tokenizer, ids, chars) from a token cache file, or None if absent or unusable (then
-    rebuilt). An `auto` vocabulary must still be what the sizing rule gives."""
+def _load_cache(file: Path):
+    """(tokenizer, ids) from a token cache file, or None if absent or unusable (then rebuilt)."""
     mapped = token_cache.read(file)
     if mapped is None:
         return None
     meta, ids = mapped
     try:
-        tok = tokenization.from_json(meta["tokenizer_json"])
-        chars = {name: int(meta["chars"][name]) for name in SPLITS}
-        if vocab_size == AUTO and meta["vocab_size"] != vocab_size_for(chars["train"]):
-            return None
-        return tok, {name: ids[name] for name in SPLITS}, chars
+        return tokenization.from_json(meta["tokenizer_json"]), {name: ids[name] for name in SPLITS}
     except (RnnlmError, KeyError, TypeError, ValueError):  # hand-edited or foreign: rebuilt
         return None
+
 
 
 # ---------------------------------------------------------------------------------------

@@ -232,13 +232,13 @@ def seed_per_rank(seed: int) -> None:
         torch.manual_seed(seed + rank())
 
 
-def own_rng_state(checkpoint: dict):
-    """The generator state this rank saved, when resumed with the same world size, else
-    rank 0's (then the other ranks re-seed, see seed_per_rank)."""
-    states = checkpoint.get("rng_per_rank")
-    if states and len(states) == world_size():
-        return states[rank()]
-    return checkpoint["rng"] if is_main() else None
+def own_rng_state(rng, rng_per_rank):
+    """The generator state this rank saved (from a checkpoint's `rng` and `rng_per_rank`),
+    when resumed with the same world size, else rank 0's (then the other ranks re-seed,
+    see seed_per_rank)."""
+    if rng_per_rank and len(rng_per_rank) == world_size():
+        return rng_per_rank[rank()]
+    return rng if is_main() else None
 
 
 def gather_objects(obj) -> list:

@@ -7,7 +7,9 @@ bytes) and Windows line ends become ``\\n`` even when the ``\\r`` ends one block
 (`GutenbergCleaner`), book by book: a file of many concatenated books (``cat *.txt``)
 keeps the text between every ``*** START OF`` line and the ``*** END OF`` that follows.
 Each book (or file without marks) is one document; documents are stripped of leading and
-trailing newlines, end with one newline and are joined by the corpus's separator.
+trailing newlines, end with one newline and are joined by the corpus's separator. A
+document of only whitespace is none; of several files, those without a document (empty,
+or only a Project Gutenberg header) are skipped with a warning (`skip_empty_files`).
 
 For one book this gives exactly what ``data.clean_text`` gives for the whole file, and a
 folder's documents are joined as ``data.read_documents`` joins them: the same text, read
@@ -19,11 +21,14 @@ from __future__ import annotations
 import codecs
 import functools
 import mmap
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import RnnlmError
+from .files import regular_file_problem
 
 START_MARK = "*** START OF"
 END_MARK = "*** END OF"
@@ -48,13 +53,14 @@ class ReadStats:
 
 
 def decoded_blocks(path, encoding: str = "utf-8", errors: str = "strict", *, what: str = "data file",
-                   settings: tuple[str, str, str] = _SETTINGS, on_bytes: Callable[[int], None] = lambda n: None
-                   ) -> Iterator[str]:
+                   settings: tuple[str, str, str] = _SETTINGS, on_bytes: Callable[[int], None] = lambda n: None,
+                   empty_ok: bool = False) -> Iterator[str]:
     """The text of a file as blocks of whole characters, with ``\\r\\n`` turned into ``\\n``.
 
-    The same checks and one-line errors as ``data.read_text`` (missing, a folder, an
-    unknown codec, binary, undecodable with the byte's offset and line, empty); a leading
-    byte-order mark is dropped. `on_bytes` is told the size of every block read.
+    The same checks and one-line errors as ``data.read_text`` (missing, not a regular file,
+    an unknown codec, binary, undecodable with the byte's offset and line, empty unless
+    `empty_ok`); a leading byte-order mark is dropped. `on_bytes` is told the size of every
+    block read.
     """
     path = Path(path)
     set_path, set_encoding, set_errors = settings
@@ -79,7 +85,7 @@ def decoded_blocks(path, encoding: str = "utf-8", errors: str = "strict", *, wha
         seen_text = seen_text or not text.isspace() and bool(text)
         if text:
             yield text
-    if not seen_text:
+    if not seen_text and not empty_ok:
         raise RnnlmError(f"{what} {path} is empty (or only whitespace); set {set_path} to a file with text in it")
 
 
@@ -92,14 +98,18 @@ class _Decoder:
 
 def check_file(path: Path, encoding: str, errors: str, *, what: str = "data file",
                settings: tuple[str, str, str] = _SETTINGS) -> codecs.CodecInfo:
-    """The codec to read a file with, once the file is there and the settings are known;
-    else a one-line error naming the fix (`what` and `settings` as in `decoded_blocks`)."""
+    """The codec to read a file with, once the file is there, a regular file, and the
+    settings are known; else a one-line error naming the fix (`what` and `settings` as in
+    `decoded_blocks`)."""
     set_path, set_encoding, set_errors = settings
-    if not path.exists():
+    problem = regular_file_problem(path)
+    if problem == "does not exist":
         fetch = ", or data.url to download one there" if set_path == "data.path" else ""
         raise RnnlmError(f"{what} {path} does not exist; set {set_path} to a text file{fetch}")
-    if path.is_dir():
+    if problem == "is a directory":
         raise RnnlmError(f"{what} {path} is a directory; set {set_path} to a text file inside it")
+    if problem:  # a FIFO would wait for a writer, a device such as /dev/zero never ends
+        raise RnnlmError(f"{what} {path} {problem}, not a regular file; set {set_path} to a text file")
     try:
         codec = codecs.lookup(encoding)
         codecs.lookup_error(errors)
@@ -208,19 +218,22 @@ class GutenbergCleaner:
 
 
 class _Document:
-    """Strips the leading and trailing newlines of a document given in pieces."""
+    """Strips the leading and trailing newlines of a document given in pieces; a document
+    of only whitespace gives out nothing and does not start."""
 
     def __init__(self):
         self.started = self.announced = False
+        self.lead = ""  # whitespace after the leading newlines, held back until other text comes
         self.pending = 0  # newlines held back: trailing ones, unless more text follows
 
     def add(self, text: str) -> str:
         """The part of `text` that is certainly the document's (held-back newlines included)."""
         if not self.started:
-            text = text.lstrip("\n")
-            if not text:
+            text = self.lead + text if self.lead else text.lstrip("\n")
+            if not text or text.isspace():
+                self.lead = text
                 return ""
-            self.started = True
+            self.started, self.lead = True, ""
         body = text.rstrip("\n")
         if not body:
             self.pending += len(text)
@@ -255,15 +268,38 @@ def has_start_mark(path: str, size: int, mtime_ns: int, encoding: str) -> bool:
 
 
 def cleaned_text(files: list[Path], separator: str = "\n", encoding: str = "utf-8", errors: str = "strict",
-                 stats: ReadStats | None = None, on_bytes: Callable[[int], None] = lambda n: None) -> Iterator[str]:
-    """The cleaned corpus of `files` as a stream of text pieces (see the module's doc)."""
+                 stats: ReadStats | None = None, on_bytes: Callable[[int], None] = lambda n: None,
+                 warn: bool = True) -> Iterator[str]:
+    """The cleaned corpus of `files` as a stream of text pieces (see the module's doc). Of
+    several files, those without text are skipped, with a warning when `warn` (see
+    `skip_empty_files`; a corpus read in several passes warns in one)."""
     stats = stats if stats is not None else ReadStats()
     cleaner = GutenbergCleaner(stats, separator)
+    empty = []
     for file in files:
-        blocks = decoded_blocks(file, encoding, errors, on_bytes=on_bytes)
-        first = next(blocks)  # the checks of an unreadable file come before anything else
+        blocks = decoded_blocks(file, encoding, errors, on_bytes=on_bytes, empty_ok=len(files) > 1)
+        first = next(blocks, "")  # the checks of an unreadable file come before anything else
         stats.files += 1
+        before = stats.documents
         yield from cleaner.clean(_chain(first, blocks), _starts_a_book(file, first, encoding))
+        if stats.documents == before:
+            empty.append(file)
+    if len(files) > 1:
+        skip_empty_files(files, empty, warn=warn)
+
+
+def skip_empty_files(files: list[Path], empty: list[Path], warn: bool = True) -> None:
+    """Of several `files`, those in `empty` have no text (empty, whitespace or only a Project
+    Gutenberg header) and were skipped: a warning names them (when `warn`); when none has
+    text, a one-line error."""
+    where = os.path.commonpath([str(f.parent) for f in files])
+    if len(empty) == len(files):
+        raise RnnlmError(f"none of the {len(files)} files from {where} has text (each is empty, whitespace or "
+                         "only a Project Gutenberg header); put text in them or set data.path to another folder")
+    if empty and warn:
+        shown = ", ".join(str(f) for f in empty[:3]) + (", ..." if len(empty) > 3 else "")
+        warnings.warn(f"skipped {len(empty)} of the {len(files)} files from {where}, which have no text: {shown}",
+                      stacklevel=3)
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:

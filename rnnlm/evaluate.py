@@ -26,7 +26,7 @@ import torch
 from rnnlm import tokenizer as tokenization
 from rnnlm.data import corpus_from_config, read_text
 from rnnlm.errors import RnnlmError
-from rnnlm.model import RNNLM, detach_state, lm_loss
+from rnnlm.model import RNNLM, ModelBundle, detach_state, lm_loss
 
 
 def eval_streams(ids: torch.Tensor, num_streams: int, seq_len: int):
@@ -101,6 +101,28 @@ def evaluate_ids(model: RNNLM, ids: torch.Tensor, *, batch_size: int = 32, seq_l
 RMS_EPS = 0.1
 
 
+# What each dynamic-evaluation setting must be, one rule for the Python API and the command
+# line (`check_dynamic`): key: (test, what the API says it needs, what an option must be).
+DYNAMIC_RULES = {
+    "dynamic_lr": (lambda v: v >= 0, "a learning rate >= 0", "a learning rate >= 0"),
+    "dynamic_decay": (lambda v: 0 <= v < 1, "a decay in [0, 1)", "in [0, 1)"),
+    "dynamic_rms": (lambda v: v >= 0, "a number of tokens >= 0", "a number of tokens >= 1 (0 turns it off)"),
+}
+
+
+def check_dynamic(lr: Optional[float], decay: float, rms: int, options: Optional[dict] = None) -> None:
+    """Refuse, in one line, the first dynamic-evaluation setting out of its range (none
+    when `lr` is None: dynamic evaluation is off). `options` names the command line's
+    option of each key; without it the line names the Python API's keyword."""
+    if lr is None:
+        return
+    for key, value in (("dynamic_lr", lr), ("dynamic_decay", decay), ("dynamic_rms", rms)):
+        ok, needs, must = DYNAMIC_RULES[key]
+        if not (math.isfinite(value) and ok(value)):
+            raise RnnlmError(f"{options[key]} must be {must}, got {value}" if options else
+                             f"dynamic evaluation needs {needs} ({key}), got {value}")
+
+
 def gradient_rms(model: RNNLM, ids: torch.Tensor, *, max_tokens: int, batch_size: int = 32, seq_len: int = 128,
                  device=None) -> list[torch.Tensor]:
     """Root mean square of each weight's gradient over up to `max_tokens` tokens of `ids`.
@@ -162,10 +184,6 @@ def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len:
     from the text before it and nothing after it. Dropout is off. Works on a copy:
     ``model`` keeps its weights.
     """
-    if not (lr >= 0 and math.isfinite(lr)):  # the CLI checks --dynamic before loading anything
-        raise RnnlmError(f"dynamic evaluation needs a learning rate >= 0 (dynamic_lr), got {lr}")
-    if not (0 <= decay < 1):
-        raise RnnlmError(f"dynamic evaluation needs a decay in [0, 1) (dynamic_decay), got {decay}")
     if ids.numel() < 2:
         return 0.0, 0
     device = device or next(model.parameters()).device
@@ -239,20 +257,28 @@ def scored_chars(text_chars: int, first_token_text: str) -> int:
     return max(1, text_chars - len(first_token_text))
 
 
+def ids_metrics(nll_sum: float, n_tokens: int, tokenizer, ids: torch.Tensor, n_chars: int) -> dict:
+    """`metrics` of token ids scored from their start, `n_chars` characters long: the first
+    token is context only, so its characters are not counted."""
+    first = tokenization.decode(tokenizer, ids[:1].tolist())
+    return metrics(nll_sum, n_tokens, scored_chars(n_chars, first))
+
+
 def format_metrics(name: str, m: dict) -> str:
     return (f"{name}: loss {m['loss']:.4f} nats/token | perplexity {m['perplexity']:.2f} | "
             f"{m['bpc']:.4f} bits/char | {m['tokens']:,} tokens, {m['chars']:,} chars")
 
 
-def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128,
+def score_ids(lm: ModelBundle, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_len: int = 128,
               dynamic_lr: Optional[float] = None, dynamic_decay: float = 0.0, dynamic_rms: int = 0) -> dict:
-    """Metrics of a loaded model (inference.LoadedModel) on token ids covering n_chars characters.
+    """Metrics of a trained model on token ids covering n_chars characters.
 
     With ``dynamic_lr``, dynamic evaluation at that learning rate (one stream: batch_size
     does not apply), pulled back to the checkpoint's weights at ``dynamic_decay``, and
     with ``dynamic_rms`` > 0 its steps normalised by the gradient RMS over that many
     tokens of the checkpoint's training split (see `evaluate_ids_dynamic`).
     """
+    check_dynamic(dynamic_lr, dynamic_decay, dynamic_rms)
     if dynamic_lr is not None:
         rms = None
         if dynamic_rms > 0:
@@ -262,11 +288,10 @@ def score_ids(lm, ids: torch.Tensor, n_chars: int, *, batch_size: int = 32, seq_
                                       grad_rms=rms, device=lm.device)
     else:
         nll, n = evaluate_ids(lm.model, ids, batch_size=batch_size, seq_len=seq_len, device=lm.device)
-    first = tokenization.decode(lm.tokenizer, ids[:1].tolist())
-    return metrics(nll, n, scored_chars(n_chars, first))
+    return ids_metrics(nll, n, lm.tokenizer, ids, n_chars)
 
 
-def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
+def score_text(lm: ModelBundle, text: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
     """Metrics of a loaded model on any text, the hidden state carried across all of it.
 
     ``dynamic``: dynamic_lr, dynamic_decay, dynamic_rms of `score_ids`."""
@@ -276,7 +301,7 @@ def score_text(lm, text: str, *, batch_size: int = 32, seq_len: int = 128, **dyn
     return score_ids(lm, ids, len(text), batch_size=batch_size, seq_len=seq_len, **dynamic)
 
 
-def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encoding: Optional[str] = None,
+def score_text_file(lm: ModelBundle, path, *, batch_size: int = 32, seq_len: int = 128, encoding: Optional[str] = None,
                     errors: Optional[str] = None, **dynamic) -> dict:
     """score_text on a file read with `encoding` and `errors` (default: the checkpoint's
     data.encoding and data.errors); a bad file is named with the command's flags."""
@@ -286,12 +311,12 @@ def score_text_file(lm, path, *, batch_size: int = 32, seq_len: int = 128, encod
     return score_text(lm, text, batch_size=batch_size, seq_len=seq_len, **dynamic)
 
 
-def checkpoint_corpus(lm):
+def checkpoint_corpus(lm: ModelBundle):
     """The corpus a loaded model was trained on, encoded with its own tokenizer."""
     return corpus_from_config(lm.config, tokenizer_json=tokenization.to_json(lm.tokenizer), progress=False)
 
 
-def score_split(lm, split: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
+def score_split(lm: ModelBundle, split: str, *, batch_size: int = 32, seq_len: int = 128, **dynamic) -> dict:
     """Metrics of a loaded model on one split of the corpus it was trained on."""
     corpus = checkpoint_corpus(lm)
     if not corpus.chars[split]:

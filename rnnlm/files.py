@@ -1,4 +1,4 @@
-"""Files a run writes and reads: atomic writes and the metrics log.
+"""Files a run writes and reads: atomic writes, the metrics log, and what may be read as a file.
 
 Every file rnnlm writes for later (checkpoints, the token cache, the tokenizer, a
 download, plots) goes through `atomic_write`: the bytes go to a temporary file in the same
@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
@@ -38,6 +39,28 @@ WRITE_FAILURES = {
 }
 # torch.save's C++ writer says this (and nothing about the disk) when a write came up short.
 TORCH_SHORT_WRITE = ("unexpected pos", "PytorchStreamWriter failed", "enforce fail at inline_container")
+
+
+# What a path that is not a regular file is, for the one-line refusal (a FIFO may wait forever
+# for a writer; a device such as /dev/zero never ends).
+NOT_REGULAR = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a named pipe (FIFO)"),
+               (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
+               (stat.S_ISSOCK, "is a socket"))
+
+
+def regular_file_problem(path: str | Path, *, fifo_ok: bool = False) -> Optional[str]:
+    """What keeps `path` from being read as a text file ("does not exist", "is a directory",
+    "is a character device", ...), or None for a regular file (or, with `fifo_ok`, a pipe:
+    a prompt given as <(command) is one). Follows symbolic links."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if Path(path).is_symlink() else "does not exist"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if stat.S_ISREG(mode) or (fifo_ok and stat.S_ISFIFO(mode)):
+        return None
+    return next((problem for test, problem in NOT_REGULAR if test(mode)), "is not a regular file")
 
 
 def write_failure(error: BaseException) -> Optional[tuple[str, str]]:

@@ -1,6 +1,8 @@
-"""The fast path of ``RecurrentLayer``: whole sequences, forward and backward by hand.
+"""The recurrent kernels of ``rnnlm.cells``: whole sequences forward and backward by
+hand, and one token at a time without autograd.
 
-Same equations as the cells in ``rnnlm.cells`` (read those first), organised for speed:
+Same equations as the cells in ``rnnlm.cells`` (read those first; each cell class names
+its kernels here), organised for speed:
 
 * The input projection of all T steps is one large matmul before the time loop, with
   the biases folded in. The loop only does ``h @ W_hh^T`` (into preallocated buffers)
@@ -9,16 +11,18 @@ Same equations as the cells in ``rnnlm.cells`` (read those first), organised for
   cuDNN does): walk back over t collecting the gradients wrt the gate pre-activations
   into a (T, B, G*H) buffer; the loop's only matmul carries dL/dh back through W_hh.
   Then each weight gradient is ONE matmul over all steps, dx one more, the biases a sum.
-* Without autograd (eval, generation) the same forward runs and nothing is kept.
+* Without autograd (eval) the same forward runs and nothing is kept.
+* One token (generation): `RNNToken`, `GRUToken`, `LSTMToken` hold the weights laid out
+  once (`LayoutCache` keeps them until a weight changes) and the gate buffers.
 
 Two CPU-only measures, each chosen per device (CUDA gets plain torch ops, which its
 caching allocator and cuBLAS already serve well): the time loops multiply by a weight
-packed once per call (`_StepMatmul`: MKL's packed GEMM in float32, oneDNN's reordered
+packed once per call (`_LoopMatmul`: MKL's packed GEMM in float32, oneDNN's reordered
 weight in bfloat16), and large buffers are reused between calls (`Workspace`). In
 float32 the rnn and gru backward loops' ``dgates @ W_hh`` is a plain ``addmm``: W_hh's
 row-major layout is already the one the product wants there, and packing would first
-need a transposed copy (the GRU layer: 5% faster at B=32, T=32, H=448); the LSTM's, and
-every loop's in bfloat16, is packed.
+need a transposed copy (docs/speed.md has the timings); the LSTM's, and every loop's in
+bfloat16, is packed.
 
 Notation as in the cells: gates i, f, g, o (lstm) and r, z, n (gru); ``*_pre`` is a
 gradient wrt a gate's pre-activation; dX means dL/dX.
@@ -27,6 +31,8 @@ gradient wrt a gate's pre-activation; dX means dL/dX.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -83,8 +89,8 @@ def keep_freed_memory() -> bool:
     Workspace covers the recurrent layers' buffers, but every step also allocates the
     logits, their softmax and gradients (16 MB each for 1,024 tokens x 4,096 words) through
     plain malloc, which maps blocks above its mmap threshold fresh and trims the heap when
-    they are freed: each step then faults their pages in anew (about ten times as many
-    faults per step as with these settings; docs/speed.md). Both settings are needed: a
+    they are freed: each step then faults their pages in anew, many times as many faults
+    per step as with these settings (docs/speed.md). Both settings are needed: a
     trim threshold alone also freezes the mmap threshold low, and the faults multiply.
     Process-wide and harmless elsewhere (not glibc: nothing happens). Freed memory stays
     with the process, up to the largest step's working set.
@@ -121,15 +127,15 @@ _ONEDNN_PACKED = (torch.backends.mkldnn.is_available()
                   and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-class _StepMatmul:
+class _LoopMatmul:
     """``acc + v @ W^T`` for many steps with the same W and batch: the time loops' matmul.
 
     On CPU, W is packed once per call in the layout of the library that multiplies it,
     as torch.compile's CPU backend does, so no step re-packs it (the packing costs less
     than one step): float32 through MKL's packed GEMM (``cblas_sgemm_pack``), faster per
     step than ``addmm`` at training batch sizes; bfloat16 through oneDNN's reordered
-    weight, which AMX / AVX-512 BF16 multiply about 2.5x as fast as ``addmm``, which
-    reorders W at every call. Elsewhere (CUDA, float64, small batches, or float32 with
+    weight, which AMX / AVX-512 BF16 multiply faster than ``addmm``, which reorders W at
+    every call (docs/speed.md). Elsewhere (CUDA, float64, small batches, or float32 with
     `pack_float32` off): ``addmm`` with W^T laid out by `transposed`.
     """
 
@@ -166,7 +172,7 @@ def _input_projection(ws, x: Tensor, w_ih: Tensor, bias: Tensor) -> Tensor:
     T, B, _ = x.shape
     out = _empty(ws, (T, B, w_ih.shape[0]), x)
     # At T*B rows MKL is as fast from the transposed view as from a copy of W^T (which
-    # would cost ~4 ms at 2048 x 512), unlike the loop's few-row matmuls.
+    # would cost a copy of W per call), unlike the loop's few-row matmuls.
     torch.addmm(bias, _flat(x), w_ih.t(), out=_flat(out))
     return out
 
@@ -187,7 +193,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, ws=None):
     T, B, _ = x.shape
     H = h0.shape[1]
     xw = _input_projection(ws, x, w_ih, b_ih + b_hh)  # (T, B, H)
-    hh = _StepMatmul(w_hh, B, T)  # h @ W_hh^T
+    hh = _LoopMatmul(w_hh, B, T)  # h @ W_hh^T
     y = _empty(ws, (T, B, H), x)  # h_1 .. h_T
     XW, Y = xw.unbind(0), y.unbind(0)
     h = h0
@@ -212,7 +218,7 @@ class _RNN(torch.autograd.Function):
         dgates = _empty(ctx.ws, y.shape, y)  # (T, B, H) gradient wrt the pre-activation
         dh = torch.empty_like(h0)  # (B, H)
         u = torch.empty_like(h0)
-        back = _StepMatmul(w_hh.t(), B, T, pack_float32=False)  # dgates @ W_hh
+        back = _LoopMatmul(w_hh.t(), B, T, pack_float32=False)  # dgates @ W_hh
         DY, Y, DG = dy.unbind(0), y.unbind(0), dgates.unbind(0)
         for t in reversed(range(T)):
             # dh_t = dy_t + dgates_{t+1} @ W_hh  (the path through step t+1)
@@ -251,7 +257,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, ws=None):
     # x-part of every step's gates, both biases folded in; the loop adds h @ W_hh^T in
     # place and then overwrites the pre-activations with the activations i, f, g, o.
     gates = _input_projection(ws, x, w_ih, b_ih + b_hh)  # (T, B, 4H)
-    hh = _StepMatmul(w_hh, B, T)  # h @ W_hh^T
+    hh = _LoopMatmul(w_hh, B, T)  # h @ W_hh^T
     y = _empty(ws, (T, B, H), x)  # h_1 .. h_T
     cs = _empty(ws, (T + 1, B, H), x)  # c_0 .. c_T
     cs[0] = c0
@@ -313,7 +319,7 @@ class _LSTM(torch.autograd.Function):
         dc_3 = dc.unsqueeze(1)  # (B, 1, H): broadcast over the i, f, g blocks
         # Packed here, unlike the rnn and gru backward: with the LSTM's 4H-wide gates
         # packing is a little faster than the plain addmm (docs/speed.md).
-        back = _StepMatmul(w_hh.t(), B, T)  # dgates @ W_hh
+        back = _LoopMatmul(w_hh.t(), B, T)  # dgates @ W_hh
         DY, DG, A, F_ = dy.unbind(0), dgates.unbind(0), a.unbind(0), f.unbind(0)
         dIFG, dO = d_ifg.unflatten(-1, (3, H)).unbind(0), d_o.unbind(0)
         for t in reversed(range(T)):
@@ -343,7 +349,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, ws=None):
     # h-part [W_hr h + b_hr, W_hz h + b_hz, W_hn h + b_hn], kept because the backward
     # needs W_hn h + b_hn (the reset gate multiplies it).
     gh = _empty(ws, (T, B, 3 * H), x)  # (T, B, 3H)
-    hh = _StepMatmul(w_hh, B, T)  # h @ W_hh^T
+    hh = _LoopMatmul(w_hh, B, T)  # h @ W_hh^T
     y = _empty(ws, (T, B, H), x)  # h_1 .. h_T
     GH, Y = gh.unbind(0), y.unbind(0)
     RZ, GH_RZ = gi[..., : 2 * H].unbind(0), gh[..., : 2 * H].unbind(0)
@@ -392,7 +398,7 @@ class _GRU(torch.autograd.Function):
         torch.mul(n, n, out=dn_pre).sub_(1).mul_(z - 1)  # (1 - n^2) (1 - z)
         dh = torch.empty_like(h0)  # (B, H) dL/dh_t
         carry = torch.empty_like(h0)  # dy_{t-1} + z_t * dh_t: dL/dh_{t-1} but the path through W_hh
-        back = _StepMatmul(w_hh.t(), B, T, pack_float32=False)  # dgh @ W_hh
+        back = _LoopMatmul(w_hh.t(), B, T, pack_float32=False)  # dgh @ W_hh
         DY, DGH, Z, R = dy.unbind(0), dgh.unbind(0), z.unbind(0), r.unbind(0)
         dN, dZ, dR, dHN = dn_pre.unbind(0), dz.unbind(0), dr.unbind(0), dhn.unbind(0)
         for t in reversed(range(T)):
@@ -426,8 +432,20 @@ class _GRU(torch.autograd.Function):
 
 # ------------------------------------------------------------------------ dispatch
 
-_FUNCTIONS = {"rnn": _RNN, "gru": _GRU, "lstm": _LSTM}
-_FORWARDS = {"rnn": rnn_forward, "gru": gru_forward, "lstm": lstm_forward}
+
+@dataclass(frozen=True)
+class Kernel:
+    """A cell's whole-sequence path: its autograd Function (forward and backward by hand,
+    ``function.apply(ws, x, *state, w_ih, w_hh, b_ih, b_hh)``) and its plain forward
+    (nothing saved, ``forward(x, *state, w_ih, w_hh, b_ih, b_hh, ws=ws)``)."""
+
+    function: type
+    forward: Callable
+
+
+RNN = Kernel(_RNN, rnn_forward)
+GRU = Kernel(_GRU, gru_forward)
+LSTM = Kernel(_LSTM, lstm_forward)
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -444,8 +462,9 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 # Under torch.compile this runs as it is (a graph break): it is already written out by
 # hand, and inductor cannot lower MKL's packed GEMM (it raises a LoweringException).
 @torch.compiler.disable
-def run(cell: str, x: Tensor, state: tuple, w_ih, w_hh, b_ih, b_hh, ws: Workspace | None = None) -> tuple[Tensor, tuple]:
-    """Run ``cell`` ("rnn" | "gru" | "lstm") over x (T, B, I) from ``state``.
+def run(kernel: Kernel, x: Tensor, state: tuple, w_ih, w_hh, b_ih, b_hh,
+        ws: Workspace | None = None) -> tuple[Tensor, tuple]:
+    """Run a cell's `Kernel` (`RNN`, `GRU` or `LSTM`) over x (T, B, I) from ``state``.
 
     Returns (y (T, B, H), new_state). Biases are required. Uses the hand-written
     backward when autograd needs one, else just the forward (nothing saved). ``ws``
@@ -457,22 +476,25 @@ def run(cell: str, x: Tensor, state: tuple, w_ih, w_hh, b_ih, b_hh, ws: Workspac
         # Autocast does not reach inside a Function: cast here, as it would for a matmul.
         inputs = tuple(t.to(autocast) for t in inputs)
         with torch.autocast(x.device.type, enabled=False):
-            return run(cell, inputs[0], tuple(inputs[1:-4]), *inputs[-4:], ws=ws)
+            return run(kernel, inputs[0], tuple(inputs[1:-4]), *inputs[-4:], ws=ws)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        y, *new_state = _FUNCTIONS[cell].apply(ws, *inputs)
+        y, *new_state = kernel.function.apply(ws, *inputs)
     else:
-        y, *new_state, _saved = _FORWARDS[cell](*inputs, ws=ws)
+        y, *new_state, _saved = kernel.forward(*inputs, ws=ws)
     return y, tuple(new_state)
 
 
-# ---------------------------------------------------------------- one step (generation)
 
 
-class StepCache:
-    """A `Stepper` (weights laid out for one step), rebuilt only when a source parameter changes.
+# ------------------------------------------------------------- one token (generation)
 
-    Generation steps once per token; re-laying out the weights each time would cost
-    more than the step. The key holds each parameter's storage address, version counter
+
+class LayoutCache:
+    """A value built from some parameters (their layout for one-token steps), rebuilt only
+    when one of them changes.
+
+    Generation runs one token at a time; re-laying out the weights for each would cost
+    more than the token. The key holds each parameter's storage address, version counter
     and dtype, so an optimizer step, ``load_state_dict`` or ``.to(device)`` rebuilds it.
     """
 
@@ -480,98 +502,102 @@ class StepCache:
         self._key: tuple | None = None
         self._value = None
 
-    def get(self, params: tuple, build):
+    def get(self, params: tuple, build: Callable[[], object]):
+        """``build()`` (run without autograd) when a parameter changed since the last call, else its value then."""
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         if key != self._key:
             with torch.no_grad():
-                self._value = build(*params)
+                self._value = build()
             self._key = key
         return self._value
+
+
+class _TokenKernel:
+    """``new_state = kernel(x (B, I), state)``: one step of a cell without autograd.
+
+    Holds W_ih^T and W_hh^T laid out by `transposed`, and, for the batch shape of the last
+    call, the gate buffers with their slices made once (`_buffers`): at batch 1 a slice
+    costs about as much as the elementwise op that uses it. The returned state is always
+    a new tensor; only the gate buffers are reused, so a kernel is for one loop at a time
+    (not for threads sharing it).
+    """
+
+    def __init__(self, w_ih: Tensor, w_hh: Tensor, b_x: Tensor, b_h: Tensor | None = None):
+        self.w_ih_t, self.w_hh_t, self.b_x, self.b_h = transposed(w_ih), transposed(w_hh), b_x, b_h
+        self._key: tuple | None = None
+
+    def _buffers(self, x: Tensor) -> None:
+        """(Re)make the gate buffer for x's batch size, device and dtype; subclasses add their slices."""
+        self.gates = torch.empty(x.shape[0], self.w_hh_t.shape[1], device=x.device, dtype=x.dtype)
+        self._key = (x.shape[0], x.device, x.dtype)
+
+    def _ready(self, x: Tensor) -> Tensor:
+        """The gate buffer for x's shape (made again when it changed)."""
+        if (x.shape[0], x.device, x.dtype) != self._key:
+            self._buffers(x)
+        return self.gates
+
+
+class RNNToken(_TokenKernel):
+    """One Elman step: h' = tanh(x W_ih^T + h W_hh^T + b_ih + b_hh), the biases added up once."""
+
+    def __init__(self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+        super().__init__(w_ih, w_hh, b_ih + b_hh)
+
+    def __call__(self, x: Tensor, state: tuple) -> tuple:
+        gates = self._ready(x)
+        return (torch.addmm(self.b_x, x, self.w_ih_t, out=gates).addmm_(state[0], self.w_hh_t).tanh(),)
 
 
 def _lstm_ifog(w: Tensor) -> Tensor:
     """Rows of an LSTM weight or bias from PyTorch's gate order (i, f, g, o) to (i, f, o, g).
 
-    `Stepper` can then squash the three sigmoid gates with one call and the cell input with one
-    more; at batch 1 each elementwise call costs about as much as a small matrix product.
+    `LSTMToken` can then squash the three sigmoid gates with one call and the cell input
+    with one more; at batch 1 each elementwise call costs about as much as a small matrix product.
     """
     i, f, g, o = w.chunk(4, dim=0)
     return torch.cat([i, f, o, g])
 
 
-def step_weights(cell: str, w_ih, w_hh, b_ih, b_hh) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """(W_ih^T, W_hh^T, x-side bias, h-side bias) in the layout `Stepper` uses."""
-    if cell == "gru":  # b_hn sits inside r * (W_hn h + b_hn): the biases stay apart
-        return transposed(w_ih), transposed(w_hh), b_ih.clone(), b_hh.clone()
-    if cell == "lstm":
-        w_ih, w_hh, b_ih, b_hh = (_lstm_ifog(t) for t in (w_ih, w_hh, b_ih, b_hh))
-    return transposed(w_ih), transposed(w_hh), b_ih + b_hh, None
+class LSTMToken(_TokenKernel):
+    """One LSTM step, the gates in (i, f, o, g) order (`_lstm_ifog`), the biases added up once."""
 
-
-class Stepper:
-    """``new_state = stepper(x, state)``: one step of ``cell`` without autograd.
-
-    Holds the weights from `step_weights` and, for the batch shape of the last call, the
-    gate buffers with their slices made once: at batch 1 a slice costs about as much as
-    the elementwise op that uses it, and a GRU step takes six of them.
-    The returned state is always a new tensor; only the gate buffers are reused, so a
-    Stepper is for one loop at a time (not for threads sharing it).
-    """
-
-    def __init__(self, cell: str, w_ih_t: Tensor, w_hh_t: Tensor, b_x: Tensor, b_h: Tensor | None):
-        self.cell, self.w_ih_t, self.w_hh_t, self.b_x, self.b_h = cell, w_ih_t, w_hh_t, b_x, b_h
-        self._key: tuple | None = None
+    def __init__(self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+        super().__init__(_lstm_ifog(w_ih), _lstm_ifog(w_hh), _lstm_ifog(b_ih) + _lstm_ifog(b_hh))
 
     def _buffers(self, x: Tensor) -> None:
-        """(Re)make the gate buffers and their slices for x's batch size, device and dtype."""
-        B, G, H = x.shape[0], self.w_hh_t.shape[1], self.w_hh_t.shape[0]
-        gates = torch.empty(B, G, device=x.device, dtype=x.dtype)
-        if self.cell == "lstm":  # gates in (i, f, o, g) order
-            self.ifo, self.g = gates[:, : 3 * H], gates[:, 3 * H :]
-            self.i, self.f, self.o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H]
-        if self.cell == "gru":  # gates (r, z, n); the h-side in a buffer of its own
-            gh = torch.empty_like(gates)
-            self.gh, self.gx_rz, self.gh_rz = gh, gates[:, : 2 * H], gh[:, : 2 * H]
-            self.r, self.z, self.gx_n, self.gh_n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :], gh[:, 2 * H :]
-        self.gates, self._key = gates, (B, x.device, x.dtype)
+        super()._buffers(x)
+        H, gates = self.w_hh_t.shape[0], self.gates
+        self.ifo, self.g = gates[:, : 3 * H], gates[:, 3 * H :]
+        self.i, self.f, self.o = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H]
 
     def __call__(self, x: Tensor, state: tuple) -> tuple:
-        if (x.shape[0], x.device, x.dtype) != self._key:
-            self._buffers(x)
-        h, gates = state[0], self.gates
-        if self.cell == "rnn":
-            return (torch.addmm(self.b_x, x, self.w_ih_t, out=gates).addmm_(h, self.w_hh_t).tanh(),)
-        if self.cell == "lstm":
-            torch.addmm(self.b_x, x, self.w_ih_t, out=gates).addmm_(h, self.w_hh_t)
-            self.ifo.sigmoid_()
-            self.g.tanh_()
-            c_new = torch.mul(self.f, state[1]).addcmul_(self.i, self.g)
-            return (torch.tanh(c_new).mul_(self.o), c_new)
+        gates = self._ready(x)
+        torch.addmm(self.b_x, x, self.w_ih_t, out=gates).addmm_(state[0], self.w_hh_t)
+        self.ifo.sigmoid_()
+        self.g.tanh_()
+        c_new = torch.mul(self.f, state[1]).addcmul_(self.i, self.g)
+        return (torch.tanh(c_new).mul_(self.o), c_new)
+
+
+class GRUToken(_TokenKernel):
+    """One GRU step. The biases stay apart (b_hn sits inside r * (W_hn h + b_hn)), and the
+    h-side gates have a buffer of their own."""
+
+    def __init__(self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+        super().__init__(w_ih, w_hh, b_ih.clone(), b_hh.clone())
+
+    def _buffers(self, x: Tensor) -> None:
+        super()._buffers(x)
+        H, gates = self.w_hh_t.shape[0], self.gates
+        gh = torch.empty_like(gates)
+        self.gh, self.gx_rz, self.gh_rz = gh, gates[:, : 2 * H], gh[:, : 2 * H]
+        self.r, self.z, self.gx_n, self.gh_n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :], gh[:, 2 * H :]
+
+    def __call__(self, x: Tensor, state: tuple) -> tuple:
+        gates, h = self._ready(x), state[0]
         torch.addmm(self.b_x, x, self.w_ih_t, out=gates)  # W_i* x + b_i*, gates (r, z, n)
         torch.addmm(self.b_h, h, self.w_hh_t, out=self.gh)  # W_h* h + b_h*
         self.gx_rz.add_(self.gh_rz).sigmoid_()
         n = self.gx_n.addcmul_(self.r, self.gh_n).tanh_()  # tanh(x_n + r * h_n)
         return (torch.lerp(n, h, self.z),)  # h' = n + z * (h - n)
-
-
-class MinStepper:
-    """``new_state = stepper(x, state)``: one step of a minimal cell without autograd.
-
-    Both minimal cells step as one interpolation, h' = lerp(h, h~, w) = (1 - w) h + w h~,
-    with w = z (mingru) or i / (f + i) (minlstm): the (1 - w) and w of cells.py's a and b.
-    """
-
-    def __init__(self, cell: str, w_ih: Tensor, b_ih: Tensor):
-        self.cell, self.w_ih_t, self.b = cell, transposed(w_ih), b_ih.clone()
-        self.hidden_size = w_ih.shape[0] // (2 if cell == "mingru" else 3)
-
-    def __call__(self, x: Tensor, state: tuple) -> tuple:
-        H = self.hidden_size
-        gates = torch.addmm(self.b, x, self.w_ih_t)  # (B, G*H): z, h~ or f, i, h~
-        if self.cell == "mingru":
-            w = gates[:, :H].sigmoid_()
-        else:
-            f_i = gates[:, : 2 * H].sigmoid_()
-            w = f_i[:, H:] / f_i.unflatten(1, (2, H)).sum(1)  # i / (f + i)
-        return (torch.lerp(state[0], gates[:, -H:], w),)
-

@@ -1,43 +1,47 @@
-"""A trained model loaded from its checkpoint, ready to generate, predict and score.
+"""A trained model loaded from its checkpoint or model folder, ready to generate, predict and score.
 
     lm = load_model("runs/war_and_peace/best.pt")
     lm.generate("Napoleon was the Emperor of", max_new_tokens=50, temperature=0.8)
     lm.next_words("Napoleon was the Emperor of", k=5)   # [(word, probability), ...]
     lm.score(text)                                       # loss, perplexity, bpc, ...
 
-Loading needs no GPU: a checkpoint's tensors are stored on the CPU and ``map_location``
-puts them on whatever device is asked for. Nothing here imports the training code.
+`path` is a ``.pt`` checkpoint or a folder written by ``rnnlm export --format hf``
+(model_folder.read_model reads either). Loading needs no GPU: the weights are read onto
+the CPU and moved to whatever device is asked for. Nothing here imports the training code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional
 
 import torch
 
 from rnnlm import tokenizer as tokenization
-from rnnlm.checkpoint import load_checkpoint
 from rnnlm.config import Config, check_number, config_from_dict
 from rnnlm.device import resolve_device
 from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import score_text
 from rnnlm.model import RNNLM
+from rnnlm.model_folder import read_model
 from rnnlm.predict import next_words, token_classes
 from rnnlm.sample import generate
 
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with its tokenizer and config. Settings of `generate` left
-    as None come from the checkpoint's `sample` section."""
+    """A model in eval mode with its tokenizer, config and device (a `model.ModelBundle`)
+    and the step of its checkpoint. Settings of `generate` left as None come from the
+    checkpoint's `sample` section. `trained`: how far the model was trained (step, epoch,
+    tokens_seen, elapsed_seconds, as far as known)."""
 
     model: RNNLM
     tokenizer: object
     config: Config
     device: torch.device
     checkpoint_step: int
+    trained: dict = field(default_factory=dict)
 
     def generate(self, prompt: str, *, max_new_tokens: Optional[int] = None, temperature: Optional[float] = None,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None) -> str:
@@ -53,7 +57,7 @@ class LoadedModel:
         """The k most likely next words after `prompt`, as (word, probability) pairs (see predict.py)."""
         check_number("k", k, integer=True)
         check_number("beam", beam, integer=True)
-        return next_words(self, prompt, k, beam=beam)
+        return next_words(self, prompt, k, beam=beam, classes=self.token_classes)
 
     def score(self, text: str, *, batch_size: int = 32, seq_len: int = 128, dynamic_lr: Optional[float] = None,
               dynamic_decay: float = 0.0, dynamic_rms: int = 0) -> dict:
@@ -64,7 +68,7 @@ class LoadedModel:
         `rnnlm.evaluate.evaluate_ids_dynamic` (one stream; the model itself is not changed).
         """
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("dynamic_rms", dynamic_rms)):
-            check_number(name, value, integer=True)  # dynamic_lr and dynamic_decay: evaluate_ids_dynamic
+            check_number(name, value, integer=True)  # the ranges: evaluate.check_dynamic
         return score_text(self, text, batch_size=batch_size, seq_len=seq_len, dynamic_lr=dynamic_lr,
                           dynamic_decay=dynamic_decay, dynamic_rms=dynamic_rms)
 
@@ -75,15 +79,15 @@ class LoadedModel:
 
 
 def load_model(path, device: Optional[str] = None) -> LoadedModel:
-    """Rebuild the model from a checkpoint on `device` (default: cuda if available, else cpu)."""
+    """Rebuild the model from a checkpoint or a model folder on `device` (default: cuda if available, else cpu)."""
     dev = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt = load_checkpoint(path, map_location=dev)
-    cfg = config_from_dict(ckpt["config"])
-    tok = tokenization.from_json(ckpt["tokenizer"])
-    model = RNNLM(ckpt["vocab_size"], cfg.model)
+    parent = read_model(path)
+    cfg = config_from_dict(parent.config)
+    tok = tokenization.from_json(parent.tokenizer_json)
+    model = RNNLM(parent.vocab_size, cfg.model)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(parent.weights)
     except RuntimeError as e:
         raise RnnlmError(f"checkpoint {path} does not match its own model config ({str(e).splitlines()[0]})") from None
     model.to(dev).eval()
-    return LoadedModel(model, tok, cfg, dev, int(ckpt.get("step", 0)))
+    return LoadedModel(model, tok, cfg, dev, int(parent.trained.get("step", 0)), parent.trained)

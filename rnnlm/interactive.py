@@ -17,7 +17,8 @@ from typing import Callable, Iterable, Iterator, Optional
 from rnnlm.config import sampling_error
 from rnnlm.errors import RnnlmError
 from rnnlm.inference import LoadedModel
-from rnnlm.sample import generate, print_stream
+from rnnlm.sample import generate, print_stream, prompt_text
+from rnnlm.tokenizer import word_separator
 
 # /command -> (setting, type); each is a keyword argument of sample.generate.
 SETTINGS = {
@@ -70,10 +71,10 @@ def run_session(lm: LoadedModel, settings: dict, lines: Iterable[str],
     top_p, seed) and is updated in place by the commands.
     """
     write = write or print_stream
-    separator = " " if lm.config.tokenizer.kind == "word" else ""
+    separator = word_separator(lm.tokenizer)
     completed = 0
     for line in lines:
-        line = line.rstrip("\r\n")
+        line = prompt_text(line.rstrip("\r\n"), "an input line")
         if not line.strip():
             continue
         if line.startswith("/"):

@@ -4,7 +4,7 @@ For a batch of token ids ``idx`` of shape (B, T) and the state carried from the 
 before, each layer l runs its cell over time,
 
     h^0_t = E[idx_t]                              (embedding, E is V x H)
-    h^l_t = cell_l(h^{l-1}_t, h^l_{t-1})          (rnn, gru or lstm; see cells.py)
+    h^l_t = cell_l(h^{l-1}_t, h^l_{t-1})          (the model.cell kind; see cells.py)
     y_t   = W_hy h^L_t + b_y                       (logits over the vocabulary)
 
 and returns the logits with the last state of every layer, which the trainer detaches and
@@ -14,11 +14,14 @@ Regularisation from AWD-LSTM (Merity et al. 2017), each off by default:
 embedding dropout (drop whole rows of E), locked dropout (one mask per sequence, shared
 over time) on every layer's output, and DropConnect on the hidden-to-hidden weights.
 With ``tie_weights`` the output layer reuses E (Press & Wolf 2017).
+
+`ModelBundle` is what generation, prediction, scoring and the activations read from a
+trained model: the network with its tokenizer, config and device.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import torch
 import torch.nn as nn
@@ -26,9 +29,12 @@ import torch.nn.functional as F
 
 from rnnlm import fused
 from rnnlm.cells import RecurrentLayer
-from rnnlm.config import ModelConfig
+from rnnlm.config import Config, ModelConfig
 
-State = list  # one tuple of tensors per layer: (h,) for rnn/gru, (h, c) for lstm
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+State = list  # one tuple of tensors per layer, the cell's state_names: (h,), or (h, c) for lstm
 
 
 class LockedDropout(nn.Module):
@@ -81,7 +87,7 @@ class RNNLM(nn.Module):
         else:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         # W_hy^T laid out for `step` (on CPU faster than the transposed view, see fused.transposed).
-        self._decoder_cache = fused.StepCache()
+        self._decoder_layout = fused.LayoutCache()
 
     def init_state(self, batch_size: int, device=None) -> State:
         """Zeros for every layer, the state at the start of a stream."""
@@ -124,7 +130,8 @@ class RNNLM(nn.Module):
         """
         embedding = self.embedding.weight
         layers = [layer.stepper() for layer in self.layers]
-        w_t, b = self._decoder_cache.get((self.decoder.weight, self.decoder.bias), lambda w, b: (fused.transposed(w), b))
+        w, b = self.decoder.weight, self.decoder.bias
+        w_t = self._decoder_layout.get((w, b), lambda: fused.transposed(w))
 
         @torch.no_grad()
         def step(token: torch.Tensor, state: State):
@@ -184,3 +191,13 @@ def detach_state(state: State) -> State:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, a shared (tied) tensor counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class ModelBundle(Protocol):
+    """A trained model as generation, prediction, scoring and the activations read it: the
+    network in eval mode, its tokenizer, its config and the device it is on."""
+
+    model: RNNLM
+    tokenizer: Tokenizer
+    config: Config
+    device: torch.device

@@ -33,8 +33,8 @@ class ExponentialMovingAverage:
     after every optimizer step t (Polyak averaging with exponential weights: the last
     1 / (1 - decay) steps count most). Averaging irons out the step-to-step noise of
     small-batch training; `module` is the averaged model, for evaluation and checkpoints.
-    Off by default: after a cosine schedule that already settles the weights it has not
-    helped (docs/results.md).
+    Off by default (``optim.ema_decay: 0``); docs/tuning.md compares runs with and
+    without it after a cosine schedule.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):

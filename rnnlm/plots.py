@@ -8,8 +8,9 @@ seconds``. ``plot_run`` draws them as one PNG:
     top:     training and validation loss (nats/token) against tokens seen
     bottom:  gradient norm before clipping (log scale), the clip threshold as a line
 
-matplotlib is optional (``pip install matplotlib``, or the ``plot`` extra); it is
-imported only when a picture is drawn, with the Agg backend so no display is needed.
+matplotlib is a dependency of the package, but a run goes on without it (one warning
+line) when it is missing; it is imported only when a picture is drawn, with the Agg
+backend so no display is needed.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rnnlm import tokenizer as tokenization
-from rnnlm.model import prime, select_state
+from rnnlm.model import ModelBundle, prime, select_state
 from rnnlm.sample import encode_prompt
 
 # Token classes, by the decoded text of the token alone.
@@ -64,11 +64,12 @@ def token_classes(tok, vocab_size: int) -> list[str]:
 
 
 @torch.no_grad()
-def next_words(lm, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int = 24
-               ) -> list[tuple[str, float]]:
+def next_words(lm: ModelBundle, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int = 24,
+               classes: list[str] | None = None) -> list[tuple[str, float]]:
     """The k most likely next words after `prompt` as (word, probability), most likely first.
 
-    `lm` is an inference.LoadedModel."""
+    ``classes``: `token_classes` of the model's tokenizer, when the caller keeps them
+    (they are decoded from the whole vocabulary otherwise)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     model = lm.model
@@ -82,7 +83,8 @@ def next_words(lm, prompt: str, k: int = 10, *, beam: int = 16, max_tokens: int 
         return [(tokenization.decode(lm.tokenizer, [i]), float(p.exp()))
                 for p, i in zip(top.values, top.indices.tolist())]
 
-    classes = lm.token_classes
+    if classes is None:
+        classes = token_classes(lm.tokenizer, model.vocab_size)
     ends_word = torch.tensor([c != WORD for c in classes], device=lm.device)  # (V,)
 
     punct = torch.tensor([c == PUNCT for c in classes], device=lm.device)

@@ -6,7 +6,10 @@ of megabytes read, its rate and the time left:
 
 1. reading: the cleaned text's characters and its sha256, which names the token cache;
    when the cache holds this text with these tokenizer settings, that is all a run reads;
-2. splitting: where the split rule (`split_points`) cuts, from the newlines it finds;
+2. splitting: where the split rule (`split_points`) cuts, from the newlines it finds
+   (kept beside the token cache, so that a second run need not look again); the
+   settings sized to the text (`auto`) are resolved from the train split's characters
+   then (sizing.resolve_auto), before the vocabulary is learned;
 3. learning the vocabulary: the tokenizer is trained from an iterator over the train
    split (bpe and word on its first `TOKENIZER_CHARS` characters: see below; char on all
    of it);
@@ -28,6 +31,7 @@ is still tokenized and trained on.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -37,14 +41,12 @@ from tokenizers import Tokenizer
 
 from . import token_cache
 from . import tokenizer as tokenization
-from .config import AUTO
 from .documents import ReadStats, cleaned_text
-from .errors import RnnlmError
-from .sizing import vocab_size_for
+from .errors import CannotWrite, RnnlmError
+from .files import write_text_atomic
 
 SPLITS = ("train", "valid", "test")
 TOKENIZER_CHARS = 100_000_000
-ELSEWHERE = "set data.cache_dir to another disk"
 
 
 def split_points(n: int, fractions: tuple, find: Callable[[int], int]) -> tuple[int, int]:
@@ -150,17 +152,18 @@ class Sources:
     errors: str = "strict"
     progress: bool = True
 
-    def texts(self, desc: str, stats: ReadStats | None = None) -> dict[str, Iterator[str]]:
+    def texts(self, desc: str, stats: ReadStats | None = None, warn: bool = False) -> dict[str, Iterator[str]]:
         """The cleaned text of each stream read (one "text" to split, or each split), each
-        with a progress bar of the megabytes read."""
+        with a progress bar of the megabytes read; `warn`: say which files were skipped as
+        empty (the first pass says it)."""
         groups = self.pre_split if self.pre_split is not None else {"text": self.files}
-        return {name: self._read(files, desc if name == "text" else f"{desc} {name}", stats)
+        return {name: self._read(files, desc if name == "text" else f"{desc} {name}", stats, warn)
                 for name, files in groups.items()}
 
-    def _read(self, files: list[Path], desc: str, stats: ReadStats | None) -> Iterator[str]:
+    def _read(self, files: list[Path], desc: str, stats: ReadStats | None, warn: bool) -> Iterator[str]:
         bar = _bar(desc, sum(_size(f) for f in files), self.progress)
         try:
-            yield from cleaned_text(files, self.separator, self.encoding, self.errors, stats, bar.update)
+            yield from cleaned_text(files, self.separator, self.encoding, self.errors, stats, bar.update, warn)
         finally:
             bar.close()
 
@@ -179,25 +182,13 @@ def _bar(desc: str, total: int, enabled: bool):
                 dynamic_ncols=True, leave=False)
 
 
-@dataclass
-class Prepared:
-    """A prepared corpus: its tokenizer, each split's ids (over the cache's memory map) and
-    characters, the cleaned text's sha256 and what the reading found."""
-
-    tokenizer: Tokenizer
-    ids: dict
-    chars: dict[str, int]
-    text_hash: str
-    stats: ReadStats
-
-
 def scan(sources: Sources) -> tuple[str, dict[str, int], ReadStats]:
     """Pass 1: (sha256 of the cleaned text, characters of each stream, what was read).
 
     The hash is of the text as one string; a pre-split dataset's splits are joined by a
     NUL character for it. A corpus with no text left after cleaning is refused."""
     stats, digest, chars, texty = ReadStats(), hashlib.sha256(), {}, False
-    for i, (name, pieces) in enumerate(sources.texts("reading", stats).items()):
+    for i, (name, pieces) in enumerate(sources.texts("reading", stats, warn=True).items()):
         digest.update(b"\0" * (i > 0))
         chars[name] = 0
         for piece in pieces:
@@ -210,14 +201,37 @@ def scan(sources: Sources) -> tuple[str, dict[str, int], ReadStats]:
     return digest.hexdigest(), chars, stats
 
 
-def split_chars(sources: Sources, chars: dict[str, int]) -> dict[str, int]:
-    """Pass 2: each split's characters (for a text to split, where the rule cuts it)."""
+def split_chars(sources: Sources, chars: dict[str, int], record: Path | None = None) -> dict[str, int]:
+    """Pass 2: each split's characters (for a text to split, where the rule cuts it).
+
+    With a `record` (a file named by the text's hash and the fractions), the split found is
+    kept there, and read from it instead of the text the next time; a record that cannot
+    be written or read only costs this pass again."""
     if sources.pre_split is not None:
         return {name: chars.get(name, 0) for name in SPLITS}
     n = chars["text"]
+    recalled = _recall(record, n) if record is not None else None
+    if recalled is not None:
+        return recalled
     index = NewlineIndex(cut_points(n, sources.fractions)).scan(sources.texts("splitting")["text"])
     train_end, valid_end = split_points(n, sources.fractions, index.find)
-    return {"train": train_end, "valid": valid_end - train_end, "test": n - valid_end}
+    found = {"train": train_end, "valid": valid_end - train_end, "test": n - valid_end}
+    if record is not None:
+        try:
+            write_text_atomic(record, json.dumps(found))
+        except (CannotWrite, OSError):  # a full disk: the token cache says so
+            pass
+    return found
+
+
+def _recall(record: Path, n: int) -> dict[str, int] | None:
+    """The split kept in `record`, when it is there and is a split of `n` characters."""
+    try:
+        kept = json.loads(record.read_text(encoding="utf-8"))
+        found = {name: int(kept[name]) for name in SPLITS}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if sum(found.values()) == n and min(found.values()) >= 0 else None
 
 
 def split_texts(sources: Sources, chars: dict[str, int], desc: str) -> Iterator[tuple[str, Iterator[str]]]:

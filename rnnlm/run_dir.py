@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from rnnlm import distributed as ddp
-from rnnlm.checkpoint import load_checkpoint
+from rnnlm.checkpoint import CONFIG, STEP, load_checkpoint
 from rnnlm.config import AUTO, Config, config_from_dict, config_to_dict
 from rnnlm.errors import CannotWrite, RnnlmError
 from rnnlm.files import append_jsonl, read_jsonl, remove_temporaries, write_text_atomic
@@ -58,12 +58,12 @@ def _checkpoint_to_resume(cfg: Config, out: Path) -> dict:
         raise RnnlmError(f"cannot resume: {last} not found; start a new run without --resume")
     checkpoint = load_checkpoint(last)
     # The saved config read back with today's defaults, so a key added since is not a difference.
-    diffs = config_differences(config_to_dict(config_from_dict(checkpoint["config"])), config_to_dict(cfg))
+    diffs = config_differences(config_to_dict(config_from_dict(checkpoint[CONFIG])), config_to_dict(cfg))
     if diffs:
         raise RnnlmError(f"cannot resume {last}: settings differ from the checkpoint's: " + "; ".join(diffs)
                          + "; undo these changes, or start a new run with another train.out_dir or --overwrite")
     _remove_stale_temporaries(out)
-    truncate_metrics(out / "metrics.jsonl", checkpoint["step"])
+    truncate_metrics(out / "metrics.jsonl", checkpoint[STEP])
     return checkpoint
 
 

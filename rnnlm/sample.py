@@ -4,9 +4,9 @@
     repeat max_new_tokens times:
         p = softmax(logits / temperature)      # filtered by top-k and top-p
         token ~ p                              # (temperature 0: the most likely token)
-        logits, state = model.step(token, state)
+        logits, state = step(token, state)     # model.stepper(): one token at a time
 
-`lm` below is an inference.LoadedModel (a model, its tokenizer and its device).
+`lm` below is a model.ModelBundle (the network, its tokenizer, config and device).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from rnnlm import tokenizer as tokenization
 from rnnlm.config import check_sampling
 from rnnlm.errors import RnnlmError
-from rnnlm.model import prime, select_state
+from rnnlm.model import ModelBundle, prime, select_state
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -33,6 +33,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         # Drop a token when the tokens before it already cover top_p; the first always stays.
         drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop_sorted[..., 0] = False  # also when top_p is too small for float32 (it rounds to 0)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -40,12 +41,27 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                 generator: Optional[torch.Generator]) -> torch.Tensor:
-    """One token per row of logits (B, V) -> (B,)."""
-    if temperature == 0:
+    """One token per row of logits (B, V) -> (B,). A temperature too small for float32 is
+    greedy, its limit: the logits are divided after the largest is subtracted, so no row
+    overflows to inf - inf."""
+    if temperature < torch.finfo(torch.float32).tiny:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    logits = logits.float()
+    logits = filter_logits((logits - logits.max(dim=-1, keepdim=True).values) / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def prompt_text(text: str, source: str) -> str:
+    """`text` with the bytes that were not UTF-8 (lone surrogates, as Python reads them from the
+    command line, and from stdin once cli.lenient_stdin has run) replaced by U+FFFD, as
+    data.errors=replace does for a file; a warning naming `source` says how many, so a prompt
+    in another encoding is noticed."""
+    text, replaced = tokenization.replace_surrogates(text)
+    if replaced:
+        warnings.warn(f"the prompt from {source} is not UTF-8: {replaced} byte(s) replaced by U+FFFD; "
+                      "give it as UTF-8 (e.g. convert it with iconv -f latin1 -t utf-8)", stacklevel=2)
+    return text
 
 
 def encode_prompt(tok, prompt: str) -> list[int]:
@@ -71,7 +87,7 @@ FINISH_CHARACTER_TOKENS = 3
 
 
 @torch.no_grad()
-def generate(lm, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
+def generate(lm: ModelBundle, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
              top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: Optional[int] = None,
              on_text: Optional[Callable[[str], None]] = None) -> list[str]:
     """Continue `prompt` `num_samples` times; returns the continuations (without the prompt).

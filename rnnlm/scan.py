@@ -1,12 +1,13 @@
 """The minimal cells' fast path (minGRU, minLSTM): every step of a layer from its gate
-pre-activations, with the backward pass written by hand.
+pre-activations, with the backward pass written by hand, and one token at a time.
 
 Both cells keep a share a_t of the state and take the rest from a candidate h~_t:
 
     h_t = a_t * h_{t-1} + (1 - a_t) * h~_t       (a_t and h~_t read x_t alone)
-    minGRU:  a = 1 - sigmoid(z_pre) = sigmoid(-z_pre)
-    minLSTM: a = f / (f + i),  f = sigmoid(f_pre),  i = sigmoid(i_pre)
 
+Each cell says how a is made from its gates, and how a gradient wrt a goes back to them
+(its `KeepGate`: the methods ``keep_share`` and ``keep_share_backward`` of
+``rnnlm.cells.MinGRUCell`` and ``MinLSTMCell``); everything else is the same for both.
 Because a and h~ do not depend on h, they are computed for all steps at once, and the
 time loop holds one fused op per step (torch.lerp). The backward runs the recurrence in
 reverse, with g_t = dL/dh_t through every path:
@@ -14,10 +15,8 @@ reverse, with g_t = dL/dh_t through every path:
     g_t = dL/dy_t + a_{t+1} * g_{t+1}                 (g_{T-1} = dL/dy_{T-1})
     dL/dh~_t = (1 - a_t) * g_t,   dL/da_t = g_t * (h_{t-1} - h~_t),   dL/dh_0 = a_0 * g_0
 
-and then through the keep gate, with c = dL/da * a * (1 - a):
-
-    minGRU:  dz_pre = -c
-    minLSTM: df_pre = c * (1 - f),   di_pre = -c * (1 - i)
+and then through the keep gate, with c = dL/da * a * (1 - a) (the cell's
+``keep_share_backward``).
 
 Written out, this is one pass over the (T, B, H) tensors per term, where autograd would
 keep and run the graph of T small operations and of each elementwise step on its own.
@@ -27,21 +26,23 @@ small next to h would be rounded away in bf16.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnlm.config import MINIMAL_CELLS
 
+class KeepGate(Protocol):
+    """How a minimal cell makes its keep share a from its gate pre-activations (..., G*H),
+    the last H of which are the candidate h~."""
 
-def keep_share(cell: str, gates: Tensor, H: int) -> tuple[Tensor, Tensor | None]:
-    """a, the share of the state kept, from the pre-activations (..., G*H) (z, h~ or
-    f, i, h~); with minLSTM's (f, i) after their sigmoid (its backward needs them), else None."""
-    if cell == "mingru":
-        return torch.neg(gates[..., :H]).sigmoid_(), None
-    f_i = gates[..., : 2 * H].sigmoid()
-    f, i = f_i[..., :H], f_i[..., H:]
-    return f / (f + i), f_i
+    def keep_share(self, gates: Tensor, H: int) -> tuple[Tensor, Tensor | None]:
+        """a (..., H), and what `keep_share_backward` needs besides a (or None)."""
+
+    def keep_share_backward(self, minus_c: Tensor, a: Tensor, saved: Tensor | None, dgates: Tensor) -> None:
+        """Write the gradients wrt the gates' pre-activations (all but h~) into ``dgates``,
+        from ``minus_c`` = -dL/da * a (it may be overwritten)."""
 
 
 def _forward(a: Tensor, h_tilde: Tensor, h0: Tensor) -> Tensor:
@@ -67,19 +68,19 @@ def _reverse(a: Tensor, dy: Tensor) -> Tensor:
 
 class _MinimalLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell: str, gates: Tensor, h0: Tensor) -> Tensor:
+    def forward(ctx, cell: KeepGate, gates: Tensor, h0: Tensor) -> Tensor:
         H = h0.shape[-1]
-        a, f_i = keep_share(cell, gates, H)
+        a, saved = cell.keep_share(gates, H)
         h_tilde = gates[..., -H:]
         y = _forward(a, h_tilde, h0)
         ctx.cell, ctx.gates_width = cell, gates.shape[-1]
-        ctx.save_for_backward(a, h_tilde, h0, y, f_i)
+        ctx.save_for_backward(a, h_tilde, h0, y, saved)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: Tensor):
-        a, h_tilde, h0, y, f_i = ctx.saved_tensors
+        a, h_tilde, h0, y, saved = ctx.saved_tensors
         H = h0.shape[-1]
         g = _reverse(a, dy)
         dgates = torch.empty(*g.shape[:-1], ctx.gates_width, dtype=g.dtype, device=g.device)
@@ -88,29 +89,35 @@ class _MinimalLayer(torch.autograd.Function):
         torch.sub(h_tilde[0], h0, out=minus_c[0])
         torch.sub(h_tilde[1:], y[:-1], out=minus_c[1:])
         minus_c.mul_(g).mul_(a)
-        if ctx.cell == "mingru":
-            torch.addcmul(minus_c, minus_c, a, value=-1, out=dgates[..., :H])  # dz_pre = -c
-        else:
-            minus_c.addcmul_(minus_c, a, value=-1)
-            d_f_i = dgates[..., : 2 * H].unflatten(-1, (2, H))
-            m = minus_c.unsqueeze(-2)  # (..., 1, H): the same factor for f and i
-            torch.addcmul(m, m, f_i.view_as(d_f_i), value=-1, out=d_f_i)  # -c (1 - f), -c (1 - i)
-            d_f_i[..., 0, :].neg_()  # df_pre = c (1 - f)
+        ctx.cell.keep_share_backward(minus_c, a, saved, dgates)
         return None, dgates, a[0] * g[0]
 
 
-def minimal_layer(cell: str, gates: Tensor, h0: Tensor) -> Tensor:
-    """The outputs y (T, B, H) of a minGRU or minLSTM layer from its gate pre-activations
+def minimal_layer(cell: KeepGate, gates: Tensor, h0: Tensor) -> Tensor:
+    """The outputs y (T, B, H) of a minimal cell's layer from its gate pre-activations
     `gates` (T, B, G*H) = W_ih x + b_ih of all steps and its first state h0 (B, H).
 
     Runs in float32 at least (the inputs are cast up, the result stays float32), with
     the hand-written backward when autograd needs one.
     """
-    if cell not in MINIMAL_CELLS:
-        raise ValueError(f"minimal_layer runs {', '.join(MINIMAL_CELLS)}, not {cell!r}")
     dtype = torch.promote_types(torch.promote_types(gates.dtype, h0.dtype), torch.float32)
     gates, h0 = gates.to(dtype), h0.to(dtype)
     if torch.is_grad_enabled() and (gates.requires_grad or h0.requires_grad):
         return _MinimalLayer.apply(cell, gates, h0)
     H = h0.shape[-1]
-    return _forward(keep_share(cell, gates, H)[0], gates[..., -H:], h0)
+    return _forward(cell.keep_share(gates, H)[0], gates[..., -H:], h0)
+
+
+class MinimalToken:
+    """``new_state = kernel(x (B, I), state)``: one step of a minimal cell without autograd,
+    h' = lerp(h~, h, a) as in the layer's time loop, from W_ih^T laid out for the device
+    (``fused.transposed``) and b_ih."""
+
+    def __init__(self, cell: KeepGate, w_ih_t: Tensor, b_ih: Tensor):
+        self.cell, self.w_ih_t, self.b = cell, w_ih_t, b_ih.clone()
+
+    def __call__(self, x: Tensor, state: tuple) -> tuple:
+        h = state[0]
+        H = h.shape[-1]
+        gates = torch.addmm(self.b, x, self.w_ih_t)  # (B, G*H), h~ last
+        return (torch.lerp(gates[:, -H:], h, self.cell.keep_share(gates, H)[0]),)

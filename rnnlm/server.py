@@ -37,7 +37,7 @@ from rnnlm.config import check_sampling
 from rnnlm.errors import RnnlmError
 from rnnlm.inference import LoadedModel
 from rnnlm.sample import encode_prompt, generate
-from rnnlm.tokenizer import tokenizer_kind
+from rnnlm.tokenizer import replace_surrogates, tokenizer_kind
 
 STATIC = Path(__file__).parent / "static"
 LIMITS = {"prompt_chars": 10_000, "max_new_tokens": 2_000, "k": 100, "passage_chars": 20_000,
@@ -45,7 +45,11 @@ LIMITS = {"prompt_chars": 10_000, "max_new_tokens": 2_000, "k": 100, "passage_ch
 
 
 class BadRequest(Exception):
-    """A request the server refuses with a 400 and this one-line message."""
+    """A request the server refuses with this one-line message and a 4xx `status` (400 unless said)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 class Stopped(Exception):
@@ -57,16 +61,46 @@ class Stopped(Exception):
 
 
 async def read_json(request: Request) -> dict:
-    body = await request.body()
-    if len(body) > LIMITS["body_bytes"]:
-        raise BadRequest(f"the request body is {len(body)} bytes; at most {LIMITS['body_bytes']} are read")
+    """The request's JSON object, its strings with any lone surrogate (half of an emoji cut by
+    the page) replaced by U+FFFD; a body too large, not JSON, nested too deep to parse or not
+    an object is a BadRequest."""
+    body = await read_body(request, LIMITS["body_bytes"])
     try:
         data = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"the request body is not valid JSON ({e}); send a JSON object") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply; send a flat JSON object of the fields") from None
     if not isinstance(data, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(data).__name__}")
-    return data
+    return {plain_text(key): plain_text(value) if isinstance(value, str) else value for key, value in data.items()}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read no further than `limit` bytes: a larger one is a 413 before it is all in memory."""
+    too_large = BadRequest(f"the request body is over {limit} bytes; send at most {limit}", status=413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def plain_text(text: str) -> str:
+    """`text` with each lone surrogate, which no UTF-8 response or tokenizer can hold, as U+FFFD."""
+    return replace_surrogates(text)[0]
+
+
+def shown(value) -> str:
+    """A request's value as an error message shows it: JSON, cut short, a list or object by its kind."""
+    if isinstance(value, (list, dict)):
+        return "a JSON " + ("array" if isinstance(value, list) else "object")
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def field(data: dict, key: str, kind: type, default=None, *, lo=None, hi=None):
@@ -76,18 +110,18 @@ def field(data: dict, key: str, kind: type, default=None, *, lo=None, hi=None):
     if value is None:
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 2**1023 else math.inf  # past float's range: refused below
     if not isinstance(value, kind) or isinstance(value, bool):
         raise BadRequest(f"{key} must be {'a number' if kind is float else 'an integer' if kind is int else 'a string'}"
-                         f", got {json.dumps(value)}")
+                         f", got {shown(value)}")
     if kind is float and not math.isfinite(value):
-        raise BadRequest(f"{key} must be a finite number, got {value}")
+        raise BadRequest(f"{key} must be a finite number, got {shown(value)}")
     if kind is str:
         if hi is not None and len(value) > hi:
             raise BadRequest(f"{key} is {len(value)} characters long; at most {hi} are allowed")
         return value
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise BadRequest(f"{key} must be from {lo} to {hi}, got {value}")
+        raise BadRequest(f"{key} must be from {lo} to {hi}, got {shown(value)}")
     return value
 
 
@@ -245,7 +279,7 @@ async def api_activations(request: Request):
     check_fields(data, {"text", "source", "chars", "seed", "layer", "kind", "unit", "top"})
     source = field(data, "source", str, "text")
     if source not in ("text", "validation"):
-        raise BadRequest(f"source must be 'text' or 'validation', got {json.dumps(source)}")
+        raise BadRequest(f"source must be 'text' or 'validation', got {shown(source)}")
     chars = field(data, "chars", int, 2000, lo=1, hi=LIMITS["passage_chars"])
     seed = field(data, "seed", int, None, lo=0, hi=2**63 - 1)
     text = prompt_of(data, "text", limit="passage_chars") if source == "text" else None
@@ -277,7 +311,7 @@ async def index(request: Request):
 
 
 async def bad_request(request: Request, exc: BadRequest):
-    return JSONResponse({"error": str(exc)}, status_code=400)
+    return JSONResponse({"error": plain_text(str(exc))}, status_code=exc.status)
 
 
 async def http_error(request: Request, exc: HTTPException):

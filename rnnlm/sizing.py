@@ -1,4 +1,7 @@
-"""Settings sized to the training text: what `auto` means for the keys that take it.
+"""What `auto` means for the keys that take it, resolved in one place: `resolve_auto`.
+
+`train.precision: auto` is the device's (device.choose_precision); the others are sized
+to the training text.
 
 A model and tokenizer that suit War and Peace's 2.56 million training characters
 overfit a book a fifth its size within two minutes (docs/tuning.md#your-own-text).
@@ -27,8 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
+
+import torch
 
 from rnnlm.config import AUTO, Config
+from rnnlm.device import choose_precision
 
 # War and Peace's train split (80% of the cleaned Gutenberg text), where every rule gives
 # the main config's value.
@@ -79,3 +86,32 @@ def fit_to_corpus(cfg: Config, train_chars: int) -> tuple[Config, list[str]]:
             sections[section] = dataclasses.replace(part, **{key: rule(train_chars)})
             chosen.append(f"{section}.{key} {getattr(sections[section], key)}")
     return dataclasses.replace(cfg, **sections), chosen
+
+
+def needs_text(cfg: Config) -> bool:
+    """True when a setting of `cfg` is `auto` that is sized to the training text."""
+    return any(getattr(getattr(cfg, section), key) == AUTO for section, key in RULES)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A config with no `auto` left, and what was chosen."""
+
+    cfg: Config
+    sized: list[str]
+    """`section.key value` of each setting sized to the text (empty when none was `auto`)."""
+    precision_reason: str
+    """Why train.precision is what it is (device.choose_precision)."""
+
+
+def resolve_auto(cfg: Config, device: torch.device, train_chars: int | None = None) -> Resolved:
+    """`cfg` with every `auto` resolved: the sizes for a training text of `train_chars`
+    characters (None when the text was not read: then nothing may be sized to it) and
+    train.precision for `device`. A config with nothing to change comes back as it is."""
+    if train_chars is None and needs_text(cfg):
+        raise ValueError("resolve_auto needs the training text's characters to size `auto` settings")
+    resolved, sized = fit_to_corpus(cfg, train_chars) if needs_text(cfg) else (cfg, [])
+    precision, reason = choose_precision(device, cfg.train.precision)
+    if precision != cfg.train.precision:
+        resolved = dataclasses.replace(resolved, train=dataclasses.replace(resolved.train, precision=precision))
+    return Resolved(resolved, sized, reason)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from typing import Iterable, Iterator
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from .config import TOKENIZER_KINDS
 from .errors import RnnlmError
 
-KINDS = ("bpe", "word", "char")
 UNK = "<unk>"
 
 # Word-level tokens: paragraph breaks, clitics ("’s", "’t" glue back onto their word when
@@ -46,6 +47,10 @@ _CHUNK_CHARS = 16_384
 _LONG_LINE = 64 * _CHUNK_CHARS
 # Chunks encoded in one parallel call when encoding a stream (about 1 MB of text).
 _BATCH_CHUNKS = 64
+# A surrogate code point alone: what Python makes of bytes that are not UTF-8 on the command
+# line or stdin (surrogateescape) and of a JSON "\ud83d" escape without its pair. No text
+# holds one, and the tokenizers refuse it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def train_tokenizer(kind: str, text: str | Iterable[str], vocab_size: int) -> Tokenizer:
@@ -58,8 +63,8 @@ def train_tokenizer(kind: str, text: str | Iterable[str], vocab_size: int) -> To
     ``char`` takes every character of ``text`` and ignores it. Pass the train split only,
     so that validation and test stay unseen.
     """
-    if kind not in KINDS:
-        raise RnnlmError(f"unknown tokenizer kind {kind!r}; use one of: {', '.join(KINDS)}")
+    if kind not in TOKENIZER_KINDS:
+        raise RnnlmError(f"unknown tokenizer kind {kind!r}; use one of: {', '.join(TOKENIZER_KINDS)}")
     if not isinstance(vocab_size, int) or vocab_size < 1:
         raise RnnlmError(f"tokenizer vocab_size must be a positive integer, got {vocab_size!r}")
     pieces = safe_pieces([text] if isinstance(text, str) else text)
@@ -193,8 +198,18 @@ def _plain(c: str) -> bool:
     return c.isprintable() and not c.isspace()
 
 
+def replace_surrogates(text: str) -> tuple[str, int]:
+    """`text` with each lone surrogate replaced by U+FFFD (as decoding with errors=replace
+    does for a byte that is not UTF-8), and how many were replaced."""
+    return _SURROGATE.subn("\ufffd", text)
+
+
 def encode(tok: Tokenizer, text: str) -> list[int]:
-    """Token ids of ``text``; long texts are encoded in parallel chunks (same result)."""
+    """Token ids of ``text``; long texts are encoded in parallel chunks (same result). A lone
+    surrogate is encoded as U+FFFD (see replace_surrogates)."""
+    if not text:
+        return []
+    text = replace_surrogates(text)[0]
     ids: list[int] = []
     for part in encode_pieces(tok, [text]):
         ids.extend(part)
@@ -225,7 +240,7 @@ def unknown_words(tok: Tokenizer, text: str, limit: int = 5) -> list[str]:
     """The first `limit` pieces of ``text`` that encode to ``<unk>`` (read chunk by chunk,
     stopping once found, so a whole book is not encoded again to name a few)."""
     unk, found = unk_id(tok), []
-    for piece in _chunks(text):
+    for piece in _chunks(replace_surrogates(text)[0]):
         enc = tok.encode(piece, add_special_tokens=False)
         found += [piece[a:b] for i, (a, b) in zip(enc.ids, enc.offsets) if i == unk]
         if len(found) >= limit:
@@ -251,7 +266,7 @@ def _byte_level_alphabet() -> dict[str, int]:
 def token_bytes(tok: Tokenizer) -> list[bytes] | None:
     """The bytes of every token id of a byte-level BPE tokenizer; None for word and char,
     whose tokens are whole characters. A byte-level token may hold part of a character."""
-    if not isinstance(tok.decoder, decoders.ByteLevel):
+    if tokenizer_kind(tok) != "bpe":
         return None
     alphabet = _byte_level_alphabet()
     table = [b""] * tok.get_vocab_size()
@@ -353,6 +368,12 @@ def tokenizer_kind(tok: Tokenizer) -> str:
     if model == "WordLevel" and pre.get("type") == "Split" and pre.get("behavior") == "Isolated":
         return "char"
     return "word"
+
+
+def word_separator(tok: Tokenizer) -> str:
+    """What goes between a prompt and the text generated after it: a space for ``word``
+    (its tokens are words, decoded without the space before the first), else nothing."""
+    return " " if tokenizer_kind(tok) == "word" else ""
 
 
 def is_lossless(tok: Tokenizer) -> bool:

@@ -6,8 +6,9 @@ next seq_len tokens of every stream, carries the hidden state over from the step
 takes an optimizer step. Validation runs every `train.eval_every` steps; `last.pt` is
 written every `train.checkpoint_every` steps and `best.pt` whenever validation improves.
 
-A run's life is `Trainer.setup()` (run directory, data, model, optimizer, resume),
-`Trainer.fit()` (the loop) and `Trainer.finish()` (final validation and test numbers).
+A run's life is `Trainer(cfg, device)` (run directory, data, model, optimizer, resume:
+built whole, in one visible order), `Trainer.fit()` (the loop) and `Trainer.finish()`
+(final validation and test numbers).
 """
 
 from __future__ import annotations
@@ -29,18 +30,19 @@ from tqdm import tqdm
 from rnnlm import distributed as ddp
 from rnnlm import fused
 from rnnlm import tokenizer as tokenization
-from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint, unwrap_model
-from rnnlm.config import Config, config_to_dict, dump_config
-from rnnlm.data import Corpus, batchify, check_enough_tokens, check_scorable, corpus_from_config, get_batch
-from rnnlm.device import autocast_context, choose_precision, resolve_device
+from rnnlm.checkpoint import (BEST_VAL_LOSS, EMA_UPDATES, MODEL, OPTIMIZER, SCALER, STEP, TEXT_HASH, TRAINED_MODEL,
+                              SavedModel, field, load_checkpoint, make_checkpoint, save_checkpoint, unwrap_model)
+from rnnlm.config import Config, TrainConfig, config_to_dict, dump_config
+from rnnlm.data import Corpus, batchify, check_enough_tokens, check_scorable, get_batch, read_corpus, tokenize_corpus
+from rnnlm.device import autocast_context, resolve_device
 from rnnlm.errors import CannotWrite, RnnlmError, TrainingInterrupted
-from rnnlm.evaluate import evaluate_ids, format_metrics, metrics, scored_chars
+from rnnlm.evaluate import evaluate_ids, format_metrics, ids_metrics
 from rnnlm.files import write_text_atomic
 from rnnlm.model import RNNLM, State, count_parameters, detach_state, lm_loss
 from rnnlm.optim import ExponentialMovingAverage, build_optimizer, get_lr, run_progress
 from rnnlm.plots import plot_run_quietly
 from rnnlm.run_dir import MetricsLog, prepare_run_dir
-from rnnlm.sizing import fit_to_corpus
+from rnnlm.sizing import Resolved, resolve_auto
 from rnnlm.train_state import TrainState, all_finite, nonfinite_tensors
 
 LIMIT_NEEDED = "training needs a limit: set train.max_steps, train.max_epochs or train.max_minutes"
@@ -59,7 +61,6 @@ def train(cfg: Config) -> dict:
     with ddp.process_group(tc.backend, device):  # a no-op without torchrun
         trainer = Trainer(cfg, device)
         try:
-            trainer.setup()
             try:
                 trainer.fit()
             except (RnnlmError, TrainingInterrupted, KeyboardInterrupt):
@@ -72,6 +73,81 @@ def train(cfg: Config) -> dict:
             trainer.cleanup()
 
 
+# --- the parts of a run, built in this order by Trainer.__init__
+
+
+def open_run(cfg: Config, out: Path) -> Optional[dict]:
+    """Prepare the run directory; the checkpoint to resume from, when resuming.
+    Distributed: rank 0 checks and cleans out_dir first; the others then read last.pt."""
+    with ddp.main_first():
+        resume = prepare_run_dir(cfg) if ddp.is_main() else (load_checkpoint(out / "last.pt") if cfg.train.resume
+                                                              else None)
+    tc = cfg.train
+    if not (tc.max_steps or tc.max_epochs or tc.max_minutes):  # resuming: a missing last.pt was said first
+        raise RnnlmError(LIMIT_NEEDED)
+    return resume
+
+
+def configure_torch(tc: TrainConfig, device: torch.device) -> None:
+    """Threads, the seed, and the CPU's handling of tiny floats and freed memory."""
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    torch.manual_seed(tc.seed)
+    if device.type == "cpu":
+        # Gradients that vanish through time become subnormal floats, which the CPU
+        # multiplies many times slower; flushing them to zero costs nothing.
+        torch.set_flush_denormal(True)
+    fused.keep_freed_memory()  # large tensors reuse freed pages instead of faulting in new ones
+
+
+def prepare_corpus(cfg: Config, device: torch.device, resume: Optional[dict], out: Path) -> tuple[Resolved, Corpus]:
+    """The run's config with every `auto` resolved, and its corpus: the text read, then
+    tokenized by a tokenizer trained on the train split (or the resumed run's own).
+    Distributed: rank 0 reads first (it downloads and fills the token cache), the others then."""
+    with ddp.main_first():
+        text = read_corpus(cfg.data, progress=cfg.train.progress and ddp.is_main())
+        if resume is not None and field(resume, TEXT_HASH) != text.text_hash:
+            raise RnnlmError(f"cannot resume {out / 'last.pt'}: the text of {cfg.data.path} (after "
+                             "data.encoding/data.errors) differs from the one this run was trained on; "
+                             "point data.path at that text")
+        resolved = resolve_auto(cfg, device, text.chars["train"])  # the checkpoints keep the values
+        tokenizer_json = SavedModel.of(resume).tokenizer if resume is not None else None
+        corpus = tokenize_corpus(text, resolved.cfg.data, resolved.cfg.tokenizer, tokenizer_json)
+    return resolved, corpus
+
+
+def training_streams(corpus: Corpus, tc: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The train split as batch_size streams (distributed: this rank's B/world of them) on
+    `device`, once every split is checked to be long enough."""
+    check_enough_tokens(corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
+    check_scorable(corpus.ids["valid"].numel(), "valid")
+    if corpus.chars["test"]:  # data.split may leave no test split at all
+        check_scorable(corpus.ids["test"].numel(), "test")
+    return ddp.shard_rows(batchify(corpus.ids["train"], tc.batch_size)).to(device)
+
+
+def build_model(vocab_size: int, cfg: Config, device: torch.device):
+    """(model, optimizer, weight average or None, fp16 gradient scaler or None)."""
+    model = RNNLM(vocab_size, cfg.model).to(device)
+    ddp.seed_per_rank(cfg.train.seed)  # distributed: same initial weights, each rank its own dropout masks
+    optimizer = build_optimizer(model, cfg.optim)
+    ema = ExponentialMovingAverage(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+    return model, optimizer, ema, scaler
+
+
+def restore_training(resume: dict, model, ema, optimizer, scaler) -> None:
+    """The weights, weight average, optimizer and gradient scaler saved in `resume`."""
+    trained = field(resume, TRAINED_MODEL)
+    model.load_state_dict(trained if trained is not None else resume[MODEL])
+    if ema is not None:  # a run that did not average before starts its average here
+        ema.module.load_state_dict(resume[MODEL])
+        ema.updates = field(resume, EMA_UPDATES)
+    optimizer.load_state_dict(resume[OPTIMIZER])
+    if scaler is not None and field(resume, SCALER):
+        scaler.load_state_dict(resume[SCALER])
+
+
 @dataclass
 class StepOutcome:
     """What one training step did: `ok` is False when the update was skipped (non-finite)."""
@@ -82,114 +158,73 @@ class StepOutcome:
     hidden: State
 
 
+@dataclass
+class CheckpointsOnDisk:
+    """The run's checkpoint files as they stand: the newest good last.pt and its step, and
+    the validation loss of the best.pt on disk."""
+
+    last: Optional[Path] = None
+    last_step: int = 0
+    best_loss: float = math.inf
+
+
 class Trainer:
-    """One training run; see the module docstring for its life."""
+    """One training run; see the module docstring for its life.
+
+    A Trainer is whole once built: `__init__` sets every attribute, in the order the run
+    needs them, and nothing sets a new one later.
+    """
 
     def __init__(self, cfg: Config, device: torch.device):
-        self.cfg, self.tc, self.device = cfg, cfg.train, device
-        self.out = Path(cfg.train.out_dir)
-        self.state = TrainState()
-        self.last_good: Optional[Path] = None  # the newest good last.pt and its step
-        self.last_good_step = 0
-        self.best_on_disk = math.inf  # the validation loss of the best.pt on disk
-        self.bad_in_a_row = 0
-        self.run_start = time.perf_counter()
-        self.stop_signal: list[int] = []  # SIGINT/SIGTERM received, see stop_on_signals
-        self.log: Optional[MetricsLog] = None
-        self.train_model: Optional[torch.nn.Module] = None  # the model as trained: DDP and/or compiled
-
-    # --- setup
-
-    def setup(self) -> None:
-        """Run directory, data, model and optimizer; resume from last.pt when asked to."""
-        tc = self.tc
+        """Build the run: the run directory (and the checkpoint to resume), torch's
+        settings, the text, every `auto` resolved, the tokens, the model and optimizer,
+        the resumed state, the start-up lines and files, the metrics log, and last the
+        model as trained (DistributedDataParallel under torchrun, and/or compiled)."""
+        tc = cfg.train
         ddp.check_batch_split(tc.batch_size, tc.grad_accum_steps)
-        with ddp.main_first():  # distributed: rank 0 checks and cleans out_dir first; the others then resume
-            resume = prepare_run_dir(self.cfg) if ddp.is_main() else (
-                load_checkpoint(self.out / "last.pt") if tc.resume else None)
-        if not (tc.max_steps or tc.max_epochs or tc.max_minutes):  # resuming: a missing last.pt was said first
-            raise RnnlmError(LIMIT_NEEDED)
-        self._configure_torch()
-        self._load_data(resume)
-        self._build_model()
-        if resume is not None:
-            self._restore(resume)
-        self.train_model = ddp.wrap_model(self.model, self.device)  # DistributedDataParallel under torchrun
-        self.train_model = torch.compile(self.train_model) if tc.compile else self.train_model
-        self.log = MetricsLog(self.out, tc.tensorboard)
-        if ddp.is_main():
-            self._announce(resume is not None)
-
-    def _configure_torch(self) -> None:
-        if self.tc.num_threads:
-            torch.set_num_threads(self.tc.num_threads)
-        torch.manual_seed(self.tc.seed)
-        if self.device.type == "cpu":
-            # Gradients that vanish through time become subnormal floats, which the CPU
-            # multiplies many times slower; flushing them to zero costs nothing.
-            torch.set_flush_denormal(True)
-        fused.keep_freed_memory()  # large tensors reuse freed pages instead of faulting in new ones
-        self.precision, self.precision_reason = choose_precision(self.device, self.tc.precision)
-        self.autocast = autocast_context(self.device, self.precision)
-
-    def _load_data(self, resume: Optional[dict]) -> None:
-        """The corpus, its tokenizer trained on the train split (or taken from the checkpoint)."""
-        tc = self.tc
-        with ddp.main_first():  # distributed: rank 0 fills the token cache, the others read it
-            self.corpus = corpus_from_config(self.cfg, tokenizer_json=resume["tokenizer"] if resume else None,
-                                             progress=tc.progress and ddp.is_main())
-        if resume is not None and resume.get("text_hash") != self.corpus.text_hash:
-            raise RnnlmError(f"cannot resume {self.out / 'last.pt'}: the text of {self.cfg.data.path} (after "
-                             "data.encoding/data.errors) differs from the one this run was trained on; "
-                             "point data.path at that text")
-        # `auto` settings are sized to the training text here; checkpoints keep the values.
-        self.cfg, self.sized = fit_to_corpus(self.cfg, self.corpus.chars["train"])
-        self.tc = tc = self.cfg.train
+        self.device, self.out = device, Path(tc.out_dir)
+        resume = open_run(cfg, self.out)
+        configure_torch(tc, device)
+        resolved, self.corpus = prepare_corpus(cfg, device, resume, self.out)
+        self.cfg, self.tc = resolved.cfg, resolved.cfg.train
+        self.sized, self.precision_reason = resolved.sized, resolved.precision_reason
+        self.autocast = autocast_context(device, self.tc.precision)
         self.vocab_size = self.corpus.tokenizer.get_vocab_size()
-        check_enough_tokens(self.corpus.ids["train"].numel(), tc.batch_size, tc.seq_len, "train")
-        check_scorable(self.corpus.ids["valid"].numel(), "valid")
-        if self.corpus.chars["test"]:  # data.split may leave no test split at all
-            check_scorable(self.corpus.ids["test"].numel(), "test")
-        train_data = batchify(self.corpus.ids["train"], tc.batch_size)  # (B, N)
-        self.train_data = ddp.shard_rows(train_data).to(self.device)  # distributed: this rank's B/world streams
+        self.train_data = training_streams(self.corpus, self.tc, device)  # (B/world, N): this rank's streams
         self.stream_len = self.train_data.size(1)
-
-    def _build_model(self) -> None:
-        cfg = self.cfg
-        self.model = RNNLM(self.vocab_size, cfg.model).to(self.device)
-        ddp.seed_per_rank(self.tc.seed)  # distributed: same initial weights, each rank its own dropout masks
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.model, self.optimizer, self.ema, self.scaler = build_model(self.vocab_size, self.cfg, device)
         # With optim.ema_decay the averaged weights are the run's model: validation, test and
         # the checkpoints' `model` use them; training goes on from the raw ones (`trained_model`).
-        self.ema = ExponentialMovingAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.eval_model = self.ema.module if self.ema is not None else self.model
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-
-    def _restore(self, resume: dict) -> None:
-        self.model.load_state_dict(resume.get("trained_model", resume["model"]))
-        if self.ema is not None:  # a run that did not average before starts its average here
-            self.ema.module.load_state_dict(resume["model"])
-            self.ema.updates = resume.get("ema_updates", 0)
-        self.optimizer.load_state_dict(resume["optimizer"])
-        if self.scaler is not None and resume.get("scaler"):
-            self.scaler.load_state_dict(resume["scaler"])
-        self.state = TrainState.from_checkpoint(resume, self.device)  # last: it restores the RNG
-        self.last_good, self.last_good_step = self.out / "last.pt", self.state.step
-        self.best_on_disk = self.state.best_val_loss
+        self.state, self.on_disk = TrainState(), CheckpointsOnDisk()
+        if resume is not None:
+            restore_training(resume, self.model, self.ema, self.optimizer, self.scaler)
+            self.state = TrainState.from_checkpoint(resume, device)  # last: it restores the RNG
+            self.on_disk = CheckpointsOnDisk(self.out / "last.pt", self.state.step, self.state.best_val_loss)
+        self.stop_signal: list[int] = []  # SIGINT/SIGTERM received, see stop_on_signals
+        self.run_start = time.perf_counter()
+        if ddp.is_main():
+            self._announce(resume is not None)
+        self.log = MetricsLog(self.out, self.tc.tensorboard)
+        wrapped = ddp.wrap_model(self.model, device)  # DistributedDataParallel under torchrun
+        self.train_model: Optional[torch.nn.Module] = torch.compile(wrapped) if self.tc.compile else wrapped
 
     def _announce(self, resuming: bool) -> None:
         tc = self.tc
         write_text_atomic(self.out / "config.yaml", dump_config(self.cfg), elsewhere=ELSEWHERE)
         write_text_atomic(self.out / "tokenizer.json", tokenization.to_json(self.corpus.tokenizer), elsewhere=ELSEWHERE)
         print(dump_config(self.cfg).rstrip())
-        print(f"device {self.device} | precision {self.precision} ({self.precision_reason}) | "
+        print(f"device {self.device} | precision {tc.precision} ({self.precision_reason}) | "
               f"vocab {self.vocab_size} | {count_parameters(self.model):,} parameters | "
               f"train {self.corpus.ids['train'].numel():,} tokens as {tc.batch_size} streams of {self.stream_len:,}"
               + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
               + (f" | resuming at step {self.state.step}" if resuming else ""))
+        cache = self.cfg.data.cache_dir
+        relative = not (Path(cache).is_absolute() and Path(self.cfg.data.path).is_absolute())
+        where = f", relative to {Path.cwd()}" if relative else ""  # e.g. data/ of the current folder
         print(f"data: {self.corpus.source}, split {self.corpus.chars['train']:,} / {self.corpus.chars['valid']:,} / "
               f"{self.corpus.chars['test']:,} characters (train / valid / test)"
-              + (f"; {self.corpus.cleaning}" if self.corpus.cleaning else ""))
+              + (f"; {self.corpus.cleaning}" if self.corpus.cleaning else "") + f"; token cache {cache}{where}")
         if self.sized:
             print(f"sized to the {self.corpus.chars['train']:,} training characters (auto): " + ", ".join(self.sized))
 
@@ -222,7 +257,7 @@ class Trainer:
                 if not outcome.ok:
                     self._after_bad_step(outcome.hidden)
                     continue
-                self.bad_in_a_row = 0
+                s.bad_in_a_row = 0
                 s.hidden, s.step = outcome.hidden, s.step + 1
                 s.tokens_seen += x.numel() * ddp.world_size()  # the global batch
                 window.add(outcome.loss.item(), x.numel() * ddp.world_size())
@@ -303,19 +338,19 @@ class Trainer:
         """
         s, tc = self.state, self.tc
         s.bad_steps_skipped += 1
-        self.bad_in_a_row += 1
+        s.bad_in_a_row += 1
         finite = all_finite(*(t for layer in hidden for t in layer))
         finite = float(ddp.mean(torch.tensor(float(finite)))) == 1.0  # all ranks decide alike
         s.hidden = hidden if finite else None
         signum = self._signal_received()
-        if signum or self.bad_in_a_row >= tc.max_bad_steps:
+        if signum or s.bad_in_a_row >= tc.max_bad_steps:
             self.save_last()  # the weights are those of the last good step
         if signum:
             raise TrainingInterrupted(signum, s.step, self.out / "last.pt")
-        if self.bad_in_a_row >= tc.max_bad_steps:
-            raise RnnlmError(f"stopped: {self.bad_in_a_row} steps in a row had a non-finite loss or gradient "
+        if s.bad_in_a_row >= tc.max_bad_steps:
+            raise RnnlmError(f"stopped: {s.bad_in_a_row} steps in a row had a non-finite loss or gradient "
                              f"(after step {s.step}); the last good weights (step {s.step}) are saved in "
-                             f"{self.last_good}; lower optim.lr or set optim.clip_grad_norm, then --resume")
+                             f"{self.on_disk.last}; lower optim.lr or set optim.clip_grad_norm, then --resume")
 
     def _after_step(self, bar: "ProgressBar") -> None:
         """Validation, checkpoints and signals, each on its schedule."""
@@ -365,7 +400,7 @@ class Trainer:
         """Write last.pt with the time so far; it is then the last good checkpoint."""
         self.state.elapsed = time.perf_counter() - self.run_start
         self.save(self.out / "last.pt")
-        self.last_good, self.last_good_step = self.out / "last.pt", self.state.step
+        self.on_disk.last, self.on_disk.last_step = self.out / "last.pt", self.state.step
 
     def save(self, path: Path) -> None:
         """Write a checkpoint (every rank calls this: it gathers state; rank 0 writes).
@@ -377,31 +412,32 @@ class Trainer:
         bad = nonfinite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
                                  **({"averaged model": ema.module.state_dict()} if ema is not None else {})})
         if bad:
-            where = (f"the last good checkpoint is {self.last_good} (step {self.last_good_step})" if self.last_good
-                     else "no checkpoint was written")
+            last = self.on_disk
+            where = f"the last good checkpoint is {last.last} (step {last.last_step})" if last.last else \
+                "no checkpoint was written"
             raise RnnlmError(f"not writing {path}: {', '.join(bad[:3])} hold NaN or inf after step "
                              f"{self.state.step}; {where}; lower optim.lr or set optim.clip_grad_norm")
         state = self.state.checkpoint_fields(self.device)
         if ddp.is_main():
-            checkpoint = {
-                "format_version": CHECKPOINT_FORMAT,
-                "model": unwrap_model(self.eval_model).state_dict(),
-                **({"trained_model": self.model.state_dict(), "ema_updates": ema.updates} if ema is not None else {}),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "config": config_to_dict(self.cfg),
-                "tokenizer": tokenization.to_json(self.corpus.tokenizer),
-                "vocab_size": self.vocab_size,
-                **state,
-                "text_hash": self.corpus.text_hash,
-            }
+            checkpoint = self._checkpoint(state)
             try:
                 save_checkpoint(path, checkpoint, elsewhere=ELSEWHERE)
             except CannotWrite as failed:
                 raise RnnlmError(self._stop_without_room(failed, checkpoint)) from None
             if path.name == "best.pt":
-                self.best_on_disk = self.state.best_val_loss
+                self.on_disk.best_loss = self.state.best_val_loss
         ddp.barrier()  # nobody reads the file before it is complete
+
+    def _checkpoint(self, state: dict) -> dict:
+        """The run as a checkpoint: the model, the optimizer and the state `state` (TrainState's part)."""
+        model = SavedModel(weights=unwrap_model(self.eval_model).state_dict(), config=config_to_dict(self.cfg),
+                           tokenizer=tokenization.to_json(self.corpus.tokenizer), vocab_size=self.vocab_size)
+        fields = {OPTIMIZER: self.optimizer.state_dict(),
+                  SCALER: self.scaler.state_dict() if self.scaler is not None else None,
+                  **state, TEXT_HASH: self.corpus.text_hash}
+        if self.ema is not None:
+            fields |= {TRAINED_MODEL: self.model.state_dict(), EMA_UPDATES: self.ema.updates}
+        return make_checkpoint(model, fields)
 
     def _stop_without_room(self, failed: CannotWrite, checkpoint: dict) -> str:
         """The line training stops with when a checkpoint cannot be written (a full disk, ...).
@@ -415,16 +451,16 @@ class Trainer:
         saved = ""
         if failed.path != last:
             try:
-                save_checkpoint(last, {**checkpoint, "best_val_loss": self.best_on_disk}, elsewhere=ELSEWHERE)
-                self.last_good, self.last_good_step = last, s.step
+                save_checkpoint(last, {**checkpoint, BEST_VAL_LOSS: self.on_disk.best_loss}, elsewhere=ELSEWHERE)
+                self.on_disk.last, self.on_disk.last_step = last, s.step
                 saved = f"saved {last} (step {s.step}) instead; "
             except CannotWrite:
                 saved = f"{last.name} could not be written either; "
-        if self.last_good is None:
+        if self.on_disk.last is None:
             return (f"{failed.what}; training stopped after step {s.step}; {saved}no checkpoint was written; "
                     f"{failed.fix} or {ELSEWHERE}, then train again")
-        where = "" if self.last_good_step == s.step and saved.startswith("saved") else \
-            f"the last good checkpoint is {self.last_good} (step {self.last_good_step}); "
+        where = "" if self.on_disk.last_step == s.step and saved.startswith("saved") else \
+            f"the last good checkpoint is {self.on_disk.last} (step {self.on_disk.last_step}); "
         return (f"{failed.what}; training stopped after step {s.step}; {saved}{where}"
                 f"{failed.fix}, then continue with: rnnlm train --resume {self.out}")
 
@@ -441,8 +477,8 @@ class Trainer:
 
     def report_failure(self) -> None:
         """Say where the progress is when training stopped on a bug (not bad input or a signal)."""
-        where = (f"{self.last_good} holds the last checkpoint, of step {self.last_good_step} "
-                 "(continue with --resume)" if self.last_good else "no checkpoint was written yet")
+        where = (f"{self.on_disk.last} holds the last checkpoint, of step {self.on_disk.last_step} "
+                 "(continue with --resume)" if self.on_disk.last else "no checkpoint was written yet")
         print(f"training failed after step {self.state.step} with an unexpected error; {where}", file=sys.stderr)
 
     def finish(self) -> dict:
@@ -457,21 +493,22 @@ class Trainer:
         if ddp.is_main():
             plot_run_quietly(out)
         best = load_checkpoint(out / "best.pt", map_location=self.device)
-        self.eval_model.load_state_dict(best["model"])
+        self.eval_model.load_state_dict(best[MODEL])
         test = self.evaluate("test") if self.corpus.chars["test"] else None  # data.split may leave none
         minutes = (time.perf_counter() - self.run_start) / 60
         if ddp.is_main():
             print(f"trained {s.step} steps, {s.tokens_seen:,} tokens in {minutes:.1f} min"
                   + (f" ({s.bad_steps_skipped} non-finite steps skipped)" if s.bad_steps_skipped else ""))
-            print(f"best checkpoint {out / 'best.pt'} (step {best['step']}): "
+            print(f"best checkpoint {out / 'best.pt'} (step {best[STEP]}): "
                   + (format_metrics("test", test) if test else "no test split (data.split gives it 0)"))
         return {"valid": val, "test": test, "steps": s.step, "tokens": s.tokens_seen, "minutes": minutes,
-                "best_step": best["step"], "out_dir": str(out)}
+                "best_step": best[STEP], "out_dir": str(out)}
 
 
 def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autocast=None,
                   max_tokens: Optional[int] = None) -> dict:
-    """loss / perplexity / bpc of `model` on one split of the corpus."""
+    """loss / perplexity / bpc of `model` on one split of the corpus (its first `max_tokens`
+    + 1 tokens when given)."""
     ids = corpus.ids[split]
     # Distributed: each rank scores its share of the streams; the sums are added up, so
     # every rank gets the same numbers (and makes the same best-checkpoint decision).
@@ -479,14 +516,12 @@ def split_metrics(model, corpus: Corpus, split: str, cfg: Config, device, autoca
                           device=device, max_tokens=max_tokens, autocast=autocast,
                           shard=(ddp.rank(), ddp.world_size()))
     nll, n = ddp.sum_over_ranks(nll, n)
-    n = int(n)
     if max_tokens is not None and ids.numel() > max_tokens + 1:
-        text = tokenization.decode(corpus.tokenizer, ids[: max_tokens + 1].tolist())
-        chars = len(text)
+        ids = ids[: max_tokens + 1]
+        chars = len(tokenization.decode(corpus.tokenizer, ids.tolist()))
     else:
         chars = corpus.chars[split]
-    first = tokenization.decode(corpus.tokenizer, ids[:1].tolist())
-    return metrics(nll, n, scored_chars(chars, first))
+    return ids_metrics(nll, int(n), corpus.tokenizer, ids, chars)
 
 
 class LossWindow:

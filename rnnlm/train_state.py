@@ -1,8 +1,8 @@
 """Where a training run is: the counters, the carried hidden state and the random state.
 
 `TrainState` is everything beyond the weights and the optimizer that a run needs to go
-on exactly where it stopped. It writes and reads its own part of the checkpoint (see
-checkpoint.py for the whole file's keys), so that part of the format is written once.
+on exactly where it stopped, and every counter of the run lives here. It writes and
+reads its own part of the checkpoint, under the keys of checkpoint.SCHEMA.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 
 from rnnlm import distributed as ddp
+from rnnlm.checkpoint import (BAD_STEPS_SKIPPED, BEST_VAL_LOSS, ELAPSED_SECONDS, EPOCH, EVALS_SINCE_BEST, HIDDEN,
+                              POSITION, RNG, RNG_PER_RANK, STEP, TOKENS_SEEN, field)
 
 
 @dataclass
@@ -29,6 +31,9 @@ class TrainState:
     best_val_loss: float = math.inf
     evals_since_best: int = 0
     """Validations in a row without a new best validation loss (train.patience)."""
+    bad_in_a_row: int = 0
+    """Steps in a row with a non-finite loss or gradient (train.max_bad_steps); not saved:
+    a resumed run starts a new count."""
     hidden: Optional[list] = None
     """The state carried into the next batch (this process's streams), or None for zeros."""
 
@@ -39,33 +44,31 @@ class TrainState:
     def checkpoint_fields(self, device: torch.device) -> dict:
         """This state's part of a checkpoint. Under torchrun every process calls it (the
         hidden states and random states of all processes are gathered into one)."""
-        global_hidden = ddp.gather_state(self.hidden)
+        global_hidden = ddp.gather_state(self.hidden)  # the collectives in the same order on every rank
         rngs = ddp.gather_objects(rng_state(device))
         return {
-            "step": self.step, "epoch": self.epoch, "position": self.position,
-            "tokens_seen": self.tokens_seen, "elapsed_seconds": self.elapsed,
-            "bad_steps_skipped": self.bad_steps_skipped, "best_val_loss": self.best_val_loss,
-            "evals_since_best": self.evals_since_best,
-            "hidden": [list(layer) for layer in global_hidden] if global_hidden is not None else None,
-            "rng": rngs[0], "rng_per_rank": rngs,
+            STEP: self.step, EPOCH: self.epoch, POSITION: self.position, TOKENS_SEEN: self.tokens_seen,
+            ELAPSED_SECONDS: self.elapsed, BAD_STEPS_SKIPPED: self.bad_steps_skipped,
+            BEST_VAL_LOSS: self.best_val_loss, EVALS_SINCE_BEST: self.evals_since_best,
+            HIDDEN: global_hidden, RNG: rngs[0], RNG_PER_RANK: rngs,
         }
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, device: torch.device) -> "TrainState":
         """The state saved in `checkpoint`; also restores the random number generators,
         so call it after everything that draws random numbers while setting up."""
-        hidden = checkpoint["hidden"]
+        hidden = checkpoint[HIDDEN]
         if hidden is not None:  # the global batch's state; distributed: this process's rows
             # In float32 whatever precision wrote it (bf16 holds no value float32 cannot),
             # so a run may resume at another train.precision.
             hidden = ddp.shard_state([tuple(t.to(device, torch.float32) for t in layer) for layer in hidden])
-        rng = ddp.own_rng_state(checkpoint)
+        rng = ddp.own_rng_state(checkpoint[RNG], field(checkpoint, RNG_PER_RANK))
         if rng is not None:
             set_rng_state(rng, device)
-        return cls(step=checkpoint["step"], epoch=checkpoint["epoch"], position=checkpoint["position"],
-                   tokens_seen=checkpoint["tokens_seen"], elapsed=checkpoint["elapsed_seconds"],
-                   bad_steps_skipped=checkpoint["bad_steps_skipped"], best_val_loss=checkpoint["best_val_loss"],
-                   evals_since_best=checkpoint.get("evals_since_best", 0), hidden=hidden)
+        return cls(step=checkpoint[STEP], epoch=checkpoint[EPOCH], position=checkpoint[POSITION],
+                   tokens_seen=checkpoint[TOKENS_SEEN], elapsed=checkpoint[ELAPSED_SECONDS],
+                   bad_steps_skipped=checkpoint[BAD_STEPS_SKIPPED], best_val_loss=checkpoint[BEST_VAL_LOSS],
+                   evals_since_best=field(checkpoint, EVALS_SINCE_BEST), hidden=hidden)
 
 
 def rng_state(device: torch.device) -> dict:

@@ -58,9 +58,17 @@ def text_file(tmp_path) -> Path:
     return path
 
 
+# The tests' model and optimizer, whatever the built-in defaults (the default config's GRU with
+# dropout): an LSTM, so the runs carry both h and c, without dropout, so that tiny runs learn
+# their text quickly; no time limit and whole-split validations.
+TEST_MODEL = ["model.cell=lstm", "model.dropout=0.0", "optim.weight_decay=0.01", "optim.min_lr_ratio=0.1",
+              "train.max_minutes=null", "train.eval_tokens=null"]
+
+
 def tiny_overrides(tmp_path: Path, text_path: Path) -> list[str]:
     """The command-line overrides of a tiny model on `text_path`, run directory and caches inside tmp_path."""
     return [
+        *TEST_MODEL,
         f"data.path={text_path}", "data.url=null", f"data.cache_dir={tmp_path / 'cache'}",
         "tokenizer.kind=char", "model.hidden_size=32", "model.num_layers=1",
         "optim.lr=0.01", "optim.warmup_steps=2", f"train.out_dir={tmp_path / 'run'}",
@@ -151,8 +159,8 @@ def untrained_lm(kind: str = "char", hidden_size: int = 16, seed: int = 0):
     from rnnlm.inference import LoadedModel
     from rnnlm.model import RNNLM
 
-    cfg = load_config(None, [f"tokenizer.kind={kind}", "tokenizer.vocab_size=300", f"model.hidden_size={hidden_size}",
-                             "model.num_layers=1"])
+    cfg = load_config(None, [*TEST_MODEL, f"tokenizer.kind={kind}", "tokenizer.vocab_size=300",
+                             f"model.hidden_size={hidden_size}", "model.num_layers=1"])
     tok = tokenization.train_tokenizer(kind, small_text(), cfg.tokenizer.vocab_size)
     torch.manual_seed(seed)
     model = RNNLM(tok.get_vocab_size(), cfg.model).eval()

@@ -3,6 +3,7 @@ checkpoints hold only tensors and plain types, and loading one never runs code f
 whatever the file holds. How a stopped run leaves a checkpoint to resume from (SIGKILL,
 SIGINT/SIGTERM, a bug) is in test_train_resume.py."""
 
+import os
 import pickle
 import random
 
@@ -13,7 +14,7 @@ import rnnlm.checkpoint
 from rnnlm.checkpoint import load_checkpoint, save_checkpoint
 from rnnlm.errors import RnnlmError
 from rnnlm.train import train
-from tests.conftest import cli_line, tiny_config
+from tests.conftest import REPO, cli_line, tiny_config
 
 # ---------------------------------------------------------------------------------------
 # Writing
@@ -127,3 +128,75 @@ def test_truncated_and_foreign_files_give_one_line_errors_from_generate_and_eval
         assert "is truncated or corrupt" in seen[name]
     for name in ("random-bytes", "text"):
         assert "is not a PyTorch checkpoint" in seen[name]
+
+
+# ---------------------------------------------------------------------------------------
+# The schema: one module's keys, and checkpoints written before it
+
+
+def test_a_run_writes_exactly_the_keys_of_the_schema_and_the_docs_list_them(tmp_path, text_file):
+    from rnnlm.checkpoint import EMA_UPDATES, SCHEMA, TRAINED_MODEL
+
+    train(tiny_config(tmp_path, text_file, "train.max_steps=2", "optim.ema_decay=0.5"))
+    written = set(load_checkpoint(tmp_path / "run" / "last.pt"))
+    assert written == set(SCHEMA)  # with optim.ema_decay every key is written
+    train(tiny_config(tmp_path / "raw", text_file, "train.max_steps=2"))
+    assert set(load_checkpoint(tmp_path / "raw" / "run" / "last.pt")) == set(SCHEMA) - {TRAINED_MODEL, EMA_UPDATES}
+    docs = (REPO / "docs" / "design.md").read_text(encoding="utf-8")
+    section = docs[docs.index("## Run directory and checkpoints"):docs.index("## Training curves")]
+    assert [key for key in SCHEMA if f"`{key}`" not in section] == []
+
+
+def test_make_checkpoint_refuses_a_key_outside_the_schema():
+    from rnnlm.checkpoint import OPTIMIZER, SavedModel, make_checkpoint
+
+    model = SavedModel(weights={}, config={}, tokenizer="{}", vocab_size=2)
+    assert make_checkpoint(model, {OPTIMIZER: {}})["optimizer"] == {}
+    with pytest.raises(ValueError, match="'optimiser'"):
+        make_checkpoint(model, {"optimiser": {}})
+
+
+# tests/data/checkpoint_format1.pt was written by the trainer before the checkpoint's keys
+# moved into checkpoint.py: a char LSTM (hidden 16) trained for 6 steps on small_text(),
+# with optim.ema_decay=0.5, train.patience=5 and model.dropout=auto (the settings below).
+FORMAT1 = REPO / "tests" / "data" / "checkpoint_format1.pt"
+FORMAT1_SETTINGS = ["model.hidden_size=16", "train.eval_every=3", "train.checkpoint_every=3", "optim.ema_decay=0.5",
+                    "train.patience=5", "model.dropout=auto"]
+
+
+def test_a_checkpoint_written_before_the_schema_module_loads_for_inference():
+    from rnnlm.inference import load_model
+
+    raw = torch.load(FORMAT1, weights_only=True)
+    lm = load_model(FORMAT1, "cpu")
+    assert lm.checkpoint_step == raw["step"] == 6
+    assert all(torch.equal(lm.model.state_dict()[k], v) for k, v in raw["model"].items())
+    assert lm.config.model.dropout == raw["config"]["model"]["dropout"] == 0.5  # `auto`, resolved when written
+    assert isinstance(lm.generate("The army", max_new_tokens=5, seed=1), str)
+
+
+def test_a_checkpoint_written_before_the_schema_module_resumes(tmp_path, text_file):
+    from rnnlm.checkpoint import BEST_VAL_LOSS, STEP, TOKENS_SEEN
+    from rnnlm.train_state import TrainState
+
+    raw = torch.load(FORMAT1, weights_only=True)
+    state = TrainState.from_checkpoint(raw, torch.device("cpu"))
+    assert (state.step, state.tokens_seen, state.best_val_loss) == (raw["step"], raw["tokens_seen"],
+                                                                      raw["best_val_loss"])
+    assert [tuple(t.shape) for t in state.hidden[0]] == [(4, 16), (4, 16)]  # LSTM (h, c) of 4 streams
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(FORMAT1.read_bytes())
+    result = train(tiny_config(tmp_path, text_file, *FORMAT1_SETTINGS, "train.max_steps=9", "train.resume=true"))
+    resumed = load_checkpoint(run / "last.pt")
+    assert result["steps"] == resumed[STEP] == 9
+    assert resumed[TOKENS_SEEN] == raw["tokens_seen"] + 3 * 4 * 16
+    assert resumed[BEST_VAL_LOSS] <= raw["best_val_loss"]
+
+
+def test_a_checkpoint_that_is_a_named_pipe_is_one_line(tmp_path):
+    path = tmp_path / "best.pt"
+    os.mkfifo(path)  # torch.load would wait for a writer forever
+    with pytest.raises(RnnlmError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == f"checkpoint '{path}' is a named pipe (FIFO); pass a last.pt or best.pt written by training"

@@ -2,6 +2,7 @@
 tokenizing in pieces gives the ids of the whole, the split found in the stream, the
 memory-mapped token cache, and War and Peace exactly as the in-memory path gives it."""
 
+import os
 import random
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from rnnlm import data, documents, prepare, token_cache
 from rnnlm import tokenizer as T
+from rnnlm.config import TOKENIZER_KINDS, DataConfig, TokenizerConfig
 from rnnlm.errors import CannotWrite, RnnlmError
 from tests.conftest import small_text
 
@@ -113,8 +115,41 @@ def test_documents_of_several_files_are_joined_by_the_separator(tmp_path):
     (tmp_path / "b.txt").write_text(book("B", ""), encoding="utf-8")  # nothing left: no separator for it
     (tmp_path / "c.txt").write_text("beta\n", encoding="utf-8")
     files = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"]
-    assert "".join(documents.cleaned_text(files, separator="\n---\n")) == "alpha\n\n---\nbeta\n"
-    assert "".join(documents.cleaned_text(files)) == data.read_documents(files)
+    assert "".join(documents.cleaned_text(files, separator="\n---\n", warn=False)) == "alpha\n\n---\nbeta\n"
+    with pytest.warns(UserWarning, match="skipped 1 of the 3 files"):
+        assert "".join(documents.cleaned_text(files, warn=False)) == data.read_documents(files)
+
+
+def test_a_stream_skips_a_folders_empty_files_as_reading_whole_does(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("first\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("  \n\t\n", encoding="utf-8")
+    (tmp_path / "c.txt").write_text("*** START OF THE BOOK ***\n", encoding="utf-8")
+    (tmp_path / "d.txt").write_text("", encoding="utf-8")
+    (tmp_path / "e.txt").write_text("\n  last\n", encoding="utf-8")
+    files = data.corpus_files(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        whole = data.read_documents(files)
+    assert whole == "first\n\n  last\n"
+    assert "".join(documents.cleaned_text(files, warn=False)) == whole
+    dc = DataConfig(path=str(tmp_path), url=None, cache_dir=None, split=(0.5, 0.5, 0))
+    with pytest.warns(UserWarning) as streamed_warnings:  # said once, by the first of the passes
+        corpus = data.load_corpus(dc, TokenizerConfig(kind="char"), progress=False)
+    assert [str(w.message) for w in streamed_warnings] == [str(caught[0].message)]
+    assert str(caught[0].message).startswith(f"skipped 3 of the 5 files from {tmp_path}, which have no text: ")
+    assert sum(corpus.chars.values()) == len(whole)
+    for name in ("a.txt", "e.txt"):
+        (tmp_path / name).write_text(" \n", encoding="utf-8")
+    with pytest.raises(RnnlmError, match=f"^none of the 5 files from {tmp_path} has text"):
+        data.load_corpus(dc, TokenizerConfig(kind="char"), progress=False)
+
+
+def test_a_stream_refuses_what_is_not_a_regular_file(tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for path, problem in [(fifo, "is a named pipe (FIFO)"), (Path("/dev/zero"), "is a character device")]:
+        with pytest.raises(RnnlmError) as e:
+            list(documents.decoded_blocks(path))  # would wait for a writer, or read until memory runs out
+        assert str(e.value) == f"data file {path} {problem}, not a regular file; set data.path to a text file"
 
 
 def test_a_start_mark_far_into_a_file_is_found(tmp_path, monkeypatch):
@@ -133,7 +168,7 @@ AWKWARD = ("Line one.\n  indented line\n\n\n   \n  spaced\nword\n \nx\n\t\ttabbe
            "don't stop\nNapoléon — Москва\n\n\nend")
 
 
-@pytest.mark.parametrize("kind", T.KINDS)
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
 def test_pieces_encode_to_the_ids_of_the_whole(kind, monkeypatch):
     rng = random.Random(1)
     text = "\n".join(AWKWARD for _ in range(40)) + "\n" + "one long line of words " * 300
@@ -235,15 +270,36 @@ def test_a_cache_file_that_does_not_parse_reads_as_absent(tmp_path):
 # --- War and Peace, exactly as the in-memory path gives it -----------------------------------
 
 
+def test_a_second_run_reads_the_text_once_for_its_split_and_ids(tmp_path, monkeypatch):
+    path = tmp_path / "story.txt"
+    path.write_text(small_text(), encoding="utf-8")
+    dc = DataConfig(path=str(path), url=None, cache_dir=str(tmp_path / "cache"))
+    first = data.load_corpus(dc, TokenizerConfig(kind="char"), progress=False)
+    assert len(list((tmp_path / "cache").glob("*.split"))) == 1 and len(list((tmp_path / "cache").glob("*.ids"))) == 1
+    passes, real = [], prepare.Sources.texts
+
+    def texts(self, desc, *args, **kwargs):
+        passes.append(desc)
+        return real(self, desc, *args, **kwargs)
+
+    monkeypatch.setattr(prepare.Sources, "texts", texts)
+    again = data.load_corpus(dc, TokenizerConfig(kind="char"), progress=False)
+    assert passes == ["reading"] and again.chars == first.chars
+    (record,) = (tmp_path / "cache").glob("*.split")
+    record.write_text('{"train": 1, "valid": 2, "test": 3}', encoding="utf-8")  # not a split of this text
+    assert data.read_corpus(dc, progress=False).chars == first.chars and passes[-2:] == ["reading", "splitting"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", T.KINDS)
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
 def test_war_and_peace_gives_the_ids_of_the_in_memory_path(war_and_peace, tmp_path, kind, monkeypatch):
     # The reference: the whole text in memory, split, the tokenizer trained on the train
     # split as one string, and every split encoded in one call.
     splits = data.split_text(old_clean_text(data.read_text(war_and_peace)))
     tok = T.train_tokenizer(kind, splits["train"], 4096)
     monkeypatch.setattr(documents, "BLOCK_BYTES", 100_003)  # blocks cut inside lines and characters
-    corpus = data.load_corpus(war_and_peace, tokenizer_kind=kind, vocab_size=4096, cache_dir=tmp_path, progress=False)
+    corpus = data.load_corpus(DataConfig(path=str(war_and_peace), url=None, cache_dir=str(tmp_path)),
+                              TokenizerConfig(kind=kind, vocab_size=4096), progress=False)
     assert T.to_json(corpus.tokenizer) == T.to_json(tok)
     for name in data.SPLITS:
         assert corpus.chars[name] == len(splits[name])

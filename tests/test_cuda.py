@@ -6,7 +6,7 @@ import torch
 
 from rnnlm.cells import RecurrentLayer
 from rnnlm.checkpoint import load_checkpoint
-from rnnlm.config import CELL_KINDS
+from rnnlm.cells import CELLS
 from rnnlm.inference import load_model
 from rnnlm.train import train
 from tests.conftest import tiny_config
@@ -23,7 +23,7 @@ def gpu_config(tmp_path, text_file, cell, precision, *overrides):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("cell", CELL_KINDS)
+@pytest.mark.parametrize("cell", tuple(CELLS))
 def test_every_cell_trains_on_the_gpu_and_generates_on_the_cpu(tmp_path, text_file, cell, precision):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
@@ -46,7 +46,7 @@ def test_resume_on_the_gpu_continues_where_it_stopped(tmp_path, text_file, cell)
     assert abs(resumed["valid"]["loss"] - straight["valid"]["loss"]) < 1e-3
 
 
-@pytest.mark.parametrize("cell", CELL_KINDS)
+@pytest.mark.parametrize("cell", tuple(CELLS))
 def test_fast_path_matches_the_reference_on_the_gpu(cell):
     torch.manual_seed(0)
     fast = RecurrentLayer(cell, 16, 32).cuda()

@@ -2,6 +2,7 @@
 
 import functools
 import http.server
+import os
 import socket
 import threading
 from pathlib import Path
@@ -11,8 +12,16 @@ import torch
 
 from rnnlm import data, token_cache
 from rnnlm import tokenizer as T
+from rnnlm.config import DataConfig, TokenizerConfig
 from rnnlm.errors import RnnlmError
 from tests.conftest import cli_line, small_text
+
+
+def load(path, kind="bpe", vocab_size=4096, tokenizer_json=None, **data_keys):
+    """data.load_corpus of `path` read with `data_keys` (by default: no download, no cache)."""
+    dc = DataConfig(path=str(path), **{"url": None, "cache_dir": None, **data_keys})
+    return data.load_corpus(dc, TokenizerConfig(kind=kind, vocab_size=vocab_size), tokenizer_json=tokenizer_json,
+                            progress=False)
 
 PROSE = "".join(
     f"Line {i} of the story, where Pierre and Natásha talk about the war.\n" + ("\n" if i % 5 == 4 else "")
@@ -177,7 +186,7 @@ def test_load_corpus_downloads_a_missing_file(http_root, tmp_path):
     root, base = http_root
     (root / "book.txt").write_text(PROSE, encoding="utf-8")
     target = tmp_path / "data" / "book.txt"
-    corpus = data.load_corpus(target, url=f"{base}/book.txt", tokenizer_kind="char", cache_dir=None, progress=False)
+    corpus = load(target, "char", url=f"{base}/book.txt")
     assert target.read_text(encoding="utf-8") == PROSE
     assert sum(corpus.chars.values()) == len(data.clean_text(PROSE))
 
@@ -228,7 +237,7 @@ def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
     path = tmp_path / "story.txt"
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
-    first = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
+    first = load(path, "bpe", 300, cache_dir=str(cache))
     assert len(list(cache.glob("*.ids"))) == 1
 
     def no_training(*args, **kwargs):
@@ -237,7 +246,7 @@ def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "train_tokenizer", no_training)
     monkeypatch.setattr(T, "encode", no_training)
     monkeypatch.setattr(T, "encode_pieces", no_training)
-    second = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
+    second = load(path, "bpe", 300, cache_dir=str(cache))
     for split in data.SPLITS:
         assert torch.equal(first.ids[split], second.ids[split])
         assert second.ids[split].dtype == torch.uint16 and second.ids[split].dim() == 1
@@ -248,7 +257,7 @@ def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
 def test_corpus_splits_decode_to_the_split_text(tmp_path):
     path = tmp_path / "story.txt"
     path.write_text(PROSE, encoding="utf-8")
-    corpus = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=None, progress=False)
+    corpus = load(path, "bpe", 300)
     splits = data.split_text(data.clean_text(PROSE))
     for split in data.SPLITS:
         assert T.decode(corpus.tokenizer, corpus.ids[split]) == splits[split]
@@ -259,12 +268,11 @@ def test_cache_key_depends_on_tokenizer_settings_and_given_tokenizer(tmp_path):
     path = tmp_path / "story.txt"
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
-    bpe = data.load_corpus(path, tokenizer_kind="bpe", vocab_size=300, cache_dir=cache, progress=False)
-    char = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    bpe = load(path, "bpe", 300, cache_dir=str(cache))
+    char = load(path, "char", cache_dir=str(cache))
     assert char.tokenizer.get_vocab_size() < 300 and len(list(cache.glob("*.ids"))) == 2
     # A given tokenizer (resume / evaluate) is used as is, not retrained.
-    given = data.load_corpus(path, tokenizer_kind="char", tokenizer_json=T.to_json(bpe.tokenizer),
-                             cache_dir=cache, progress=False)
+    given = load(path, "char", tokenizer_json=T.to_json(bpe.tokenizer), cache_dir=str(cache))
     assert T.to_json(given.tokenizer) == T.to_json(bpe.tokenizer)
     assert torch.equal(given.ids["valid"], bpe.ids["valid"])
 
@@ -273,30 +281,30 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path):
     path = tmp_path / "story.txt"
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
-    first = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    first = load(path, "char", cache_dir=str(cache))
     (entry,) = cache.glob("*.ids")
     whole = entry.read_bytes()
     entry.unlink()  # a new file: truncating the mapped one in place would pull the pages from under `first`
     entry.write_bytes(whole[:100])  # truncated
-    again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    again = load(path, "char", cache_dir=str(cache))
     assert torch.equal(again.ids["train"], first.ids["train"])
     assert entry.read_bytes() == whole  # rewritten whole
     entry.unlink()
     entry.write_bytes(whole.replace(b'"tokenizer_json": "{', b'"tokenizer_json": "['))
     assert token_cache.read(entry) is not None  # the file parses, its tokenizer does not
-    again = data.load_corpus(path, tokenizer_kind="char", cache_dir=cache, progress=False)
+    again = load(path, "char", cache_dir=str(cache))
     assert torch.equal(again.ids["valid"], first.ids["valid"])
     assert entry.read_bytes() == whole
 
 
 def test_load_corpus_reports_a_missing_file_and_empty_content(tmp_path):
     with pytest.raises(RnnlmError, match="does not exist") as e:
-        data.load_corpus(tmp_path / "nope.txt", cache_dir=None, progress=False)
+        load(tmp_path / "nope.txt")
     one_line_error(e)
     only_license = tmp_path / "license.txt"
     only_license.write_text("*** START OF THE BOOK ***\n\n*** END OF THE BOOK ***\nlicense\n")
     with pytest.raises(RnnlmError, match="no text left") as e:
-        data.load_corpus(only_license, cache_dir=None, progress=False)
+        load(only_license)
     one_line_error(e)
 
 
@@ -349,6 +357,53 @@ def test_a_folder_is_its_text_files_in_name_order_joined_by_a_blank_line(tmp_pat
     assert data.corpus_files(folder, "*.md") == [folder / "notes.md"]
     assert data.corpus_files(str(folder / "*.txt")) == [folder / "a.txt", folder / "z.txt"]
     assert data.corpus_files(str(folder / "**" / "*.txt")) == files
+
+
+@pytest.mark.parametrize("name", ["notes [draft].txt", "ch[1].txt", "what?.txt", "a*.txt"])
+def test_a_file_whose_name_looks_like_a_pattern_is_that_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("some text\n", encoding="utf-8")
+    (tmp_path / "abc.txt").write_text("another text, which the name as a pattern would match\n", encoding="utf-8")
+    (tmp_path / "what1.txt").write_text("another text, which the name as a pattern would match\n", encoding="utf-8")
+    assert data.corpus_files(path) == [path]
+    assert path in data.corpus_files(str(tmp_path / "*.txt"))  # a pattern that matches it is still a pattern
+
+
+@pytest.mark.parametrize("pattern", ["/abs/**/*.txt", ""])
+def test_a_glob_the_folder_cannot_take_is_one_line(tmp_path, pattern):
+    (tmp_path / "a.txt").write_text("text\n", encoding="utf-8")
+    with pytest.raises(RnnlmError, match="not a pattern relative to the folder") as e:
+        data.corpus_files(tmp_path, pattern)
+    one_line_error(e)
+
+
+def test_what_is_not_a_regular_file_is_refused_in_one_line(tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for path, problem in [(fifo, "is a named pipe (FIFO)"), (Path("/dev/zero"), "is a character device")]:
+        with pytest.raises(RnnlmError) as e:
+            data.read_text(path)  # would wait for a writer, or read until memory runs out
+        assert one_line_error(e) == f"data file {path} {problem}, not a regular file; set data.path to a text file"
+    (tmp_path / "real.txt").write_text("text\n", encoding="utf-8")
+    assert data.corpus_files(tmp_path) == [fifo, tmp_path / "real.txt"]  # a folder's member too, when read:
+    with pytest.raises(RnnlmError, match="named pipe"):
+        data.read_documents(data.corpus_files(tmp_path))
+
+
+def test_a_folder_skips_its_empty_files_with_a_warning_and_refuses_only_when_none_has_text(tmp_path):
+    (tmp_path / "a.txt").write_text("first\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("  \n", encoding="utf-8")
+    (tmp_path / "c.txt").write_text("*** START OF THE BOOK ***\n", encoding="utf-8")
+    (tmp_path / "d.txt").write_text("last\n", encoding="utf-8")
+    with pytest.warns(UserWarning) as caught:
+        assert data.read_documents(data.corpus_files(tmp_path)) == "first\n\nlast\n"
+    assert str(caught[0].message) == (f"skipped 2 of the 4 files from {tmp_path}, which have no text: "
+                                      f"{tmp_path / 'b.txt'}, {tmp_path / 'c.txt'}")
+    for name in ("a.txt", "d.txt"):
+        (tmp_path / name).write_text("", encoding="utf-8")
+    with pytest.raises(RnnlmError) as e:
+        data.read_documents(data.corpus_files(tmp_path))
+    assert one_line_error(e).startswith(f"none of the 4 files from {tmp_path} has text")
 
 
 def test_a_single_file_reads_as_before(tmp_path):
@@ -426,13 +481,12 @@ def write_pre_split(folder: Path, test: bool = True) -> Path:
 
 def test_a_pre_split_folder_is_read_as_it_is_split(tmp_path):
     folder = write_pre_split(tmp_path / "wiki")
-    corpus = data.load_corpus(folder, tokenizer_kind="char", cache_dir=None)
+    corpus = load(folder, "char")
     assert corpus.source == f"pre-split: train {folder / 'train.txt'}, valid {folder / 'valid.txt'}, " \
                             f"test {folder / 'test.txt'}"
     for name in ("train", "valid", "test"):
         assert corpus.chars[name] == len((folder / f"{name}.txt").read_text(encoding="utf-8"))
-    named = data.load_corpus(folder / "train.txt", valid_path=folder / "valid.txt", tokenizer_kind="char",
-                             cache_dir=None)
+    named = load(folder / "train.txt", "char", valid_path=str(folder / "valid.txt"))
     assert named.chars["valid"] == corpus.chars["valid"] and named.chars["test"] == 0
     assert named.text_hash != corpus.text_hash
 
@@ -448,6 +502,17 @@ def test_a_pre_split_folder_trains_evaluates_and_resumes(tmp_path, capsys):
     result = train(tiny_config(tmp_path, folder, "train.max_steps=5", "train.resume=true"))
     assert result["steps"] == 5 and result["test"]["chars"] > 0
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test"]) == 0
+
+
+@pytest.mark.parametrize("present, missing", [(["train", "test"], "valid.txt"), (["valid", "test"], "train.txt"),
+                                              (["test"], "train.txt or valid.txt"), (["train"], "valid.txt")])
+def test_a_folder_that_is_half_pre_split_is_refused_naming_what_is_missing(tmp_path, present, missing):
+    folder = write_pre_split(tmp_path / "wiki")
+    for name in {"train", "valid", "test"} - set(present):
+        (folder / f"{name}.txt").unlink()
+    with pytest.raises(RnnlmError) as e:
+        load(folder, kind="char")
+    assert "looks pre-split" in one_line_error(e) and f"has no {missing};" in str(e.value)
 
 
 @pytest.mark.parametrize("overrides, message", [

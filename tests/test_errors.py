@@ -6,6 +6,7 @@ what the line says.
 """
 
 import builtins
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -282,10 +283,50 @@ def test_train_refuses_nan_and_infinity_in_overrides(tmp_path, text_file, capsys
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_bad_prompt_file(checkpoints, capsys, tmp_path):
-    path = write(tmp_path / "prompt.txt", "été".encode("latin-1"))
-    line = cli_line(capsys, ["generate", "--checkpoint", checkpoints["char"], "--prompt-file", str(path)])
-    assert line == f"error: prompt file '{path}' is not UTF-8: byte 0xe9 at offset 0; save it as UTF-8"
+LATIN1 = "Napoléon".encode("latin-1")  # b"Napol\xe9on": not UTF-8
+NOT_UTF8 = ("warning: the prompt from {} is not UTF-8: 1 byte(s) replaced by U+FFFD; give it as UTF-8 "
+            "(e.g. convert it with iconv -f latin1 -t utf-8)")
+
+
+def strict_stdin(data: bytes):
+    """A stdin that raises on bytes that are not UTF-8, as Python's does under a UTF-8 locale."""
+    import io
+
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="strict")
+
+
+@pytest.mark.parametrize("how", ["argument", "file", "stdin", "piped", "interactive", "predict"])
+def test_a_prompt_that_is_not_utf8_is_read_with_a_replacement_character(checkpoints, capsys, tmp_path, monkeypatch,
+                                                                        how):
+    options, source = ["--prompt", os.fsdecode(LATIN1)], "the command line"  # how Python hands on argv's bytes
+    if how == "file":
+        options, source = ["--prompt-file", str(write(tmp_path / "prompt.txt", LATIN1))], f"prompt file {tmp_path}/prompt.txt"
+    elif how in ("stdin", "piped", "interactive"):
+        monkeypatch.setattr(sys, "stdin", strict_stdin(LATIN1 + b"\n"))
+        monkeypatch.setattr("rnnlm.cli._stdin_has_data", lambda: True)
+        options = {"stdin": ["--prompt", "-"], "piped": [], "interactive": ["-i"]}[how]
+        source = "an input line" if how == "interactive" else "stdin"
+    command = ["predict", os.fsdecode(LATIN1)] if how == "predict" else ["generate", *options, "--max-new-tokens", "3"]
+    capsys.readouterr()
+    assert main([*command, "--checkpoint", checkpoints["char"]]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == NOT_UTF8.format(source) and "Traceback" not in err, err
+    assert how == "predict" or "Napol\ufffdon" in out
+
+
+@pytest.mark.parametrize("path, problem", [("/dev/zero", "is a character device"), ("missing.txt", "does not exist"),
+                                           (".", "is a directory")])
+def test_a_prompt_file_that_is_not_a_text_file_is_one_line(checkpoints, capsys, path, problem):
+    line = cli_line(capsys, ["generate", "--checkpoint", checkpoints["char"], "--prompt-file", path])
+    assert line == f"error: prompt file '{path}' {problem}; pass a UTF-8 text file with --prompt-file"
+
+
+def test_evaluate_text_that_is_a_device_or_a_pipe_is_one_line(checkpoints, capsys, tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for path, problem in [("/dev/zero", "is a character device"), (str(fifo), "is a named pipe (FIFO)")]:
+        line = cli_line(capsys, ["evaluate", "--checkpoint", checkpoints["char"], "--text", path])
+        assert line == f"error: text file {path} {problem}, not a regular file; set --text to a text file"
 
 
 def test_top_k_larger_than_the_vocabulary_is_clamped_with_a_warning(checkpoints, capsys):

@@ -235,3 +235,9 @@ def test_a_long_text_is_scored_seq_len_tokens_at_a_time(trained, monkeypatch, dy
     m = score_text(lm, text, batch_size=2, seq_len=16, dynamic_lr=dynamic_lr)
     assert m["tokens"] == len(text) - 1 and max(widths) == 16
     assert sum(widths) * (1 if dynamic_lr is not None else 2) >= m["tokens"]
+
+
+def test_the_python_api_and_the_command_line_refuse_a_negative_gradient_rms_alike(trained):
+    # One rule (evaluate.DYNAMIC_RULES) for both: -5 tokens is refused, not taken as "off".
+    with pytest.raises(RnnlmError, match=r"^dynamic evaluation needs a number of tokens >= 0 \(dynamic_rms\), got -5$"):
+        trained["bpe"].score(TEXT, dynamic_lr=0.1, dynamic_rms=-5)

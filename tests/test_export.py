@@ -13,7 +13,8 @@ import torch
 from conftest import REPO, cli_line, train_tiny_run, untrained_lm
 from rnnlm import export
 from rnnlm import tokenizer as tokenization
-from rnnlm.config import CELL_KINDS
+from rnnlm.cells import CELLS
+from rnnlm.errors import RnnlmError
 
 PROMPT = "The prince spoke to"
 STEPS = 50
@@ -30,10 +31,10 @@ TRAIN = ["tokenizer.vocab_size=300", "train.max_steps=60", "model.hidden_size=48
 
 
 def test_settings_cover_every_cell_kind():
-    assert tuple(SETTINGS) == CELL_KINDS
+    assert tuple(SETTINGS) == tuple(CELLS)
 
 
-@pytest.mark.parametrize("cell", CELL_KINDS)
+@pytest.mark.parametrize("cell", tuple(CELLS))
 def test_step_graph_matches_the_model_in_pytorch(cell):
     """The graph that is exported (a scan over the reference cells), run in PyTorch, is the model."""
     lm = untrained_lm()
@@ -76,9 +77,107 @@ def test_existing_output_folder_is_refused_unless_overwrite(capsys, tmp_path):
     assert "already exists" in line and "--overwrite" in line
     line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(out), "--overwrite"])
     assert "not an rnnlm export" in line and (out / "notes.txt").exists()
-    (out / "notes.txt").unlink()
     (out / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT}))
-    export._prepare_out(out, overwrite=True)  # an earlier export may be replaced
+    assert export._prepare_out(out, overwrite=True) == list(export.FIRST_EXPORT_FILES[export.EXPORT_FORMAT])  # an earlier export
+    (tmp_path / "empty").mkdir()
+    assert export._prepare_out(tmp_path / "empty", overwrite=False) == []  # an empty folder needs no --overwrite
+
+
+def test_a_broken_symlink_as_out_is_one_line(capsys, tmp_path):
+    (tmp_path / "o").symlink_to(tmp_path / "gone")
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(tmp_path / "o")])
+    assert "broken symbolic link" in line
+
+
+def test_an_earlier_exports_file_list_never_names_a_path_outside_it(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"format": export.EXPORT_FORMAT, "files": ["model.onnx", "../x", "/etc/passwd", "..", "a/b", 3]}))
+    assert export._export_files(tmp_path) == ["model.onnx"]
+    (tmp_path / "config.json").write_text(json.dumps(["not", "an", "object"]))
+    assert export._export_files(tmp_path) is None
+
+
+@pytest.fixture(scope="module")
+def quick_checkpoint(tmp_path_factory):
+    """A checkpoint of 2 training steps, for the tests of the output folder."""
+    return train_tiny_run(tmp_path_factory.mktemp("quick"), "train.max_steps=2") / "best.pt"
+
+
+@pytest.fixture
+def quick_export(monkeypatch):
+    """Export without torch.onnx (a stand-in graph file and check), for the output folder's tests."""
+    for name in export.NEEDS:
+        pytest.importorskip(name)
+    monkeypatch.setattr(export, "_write_onnx", lambda graph, names, path: path.write_bytes(b"new graph"))
+    monkeypatch.setattr(export, "check_onnx", lambda path, lm: 0.0)
+
+
+def _earlier_export(folder, *extra):
+    """An earlier export in `folder` (as format version 1 wrote it: no "files" list), and the user's `extra` files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(b"old graph")
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT, "format_version": 1}))
+    for name in extra:
+        (folder / name).write_text("the user's")
+
+
+@pytest.mark.parametrize("spelling", [".", "./", "../exp", "../exp/", "../link", "{abs}"])
+def test_overwrite_replaces_an_earlier_export_in_place_and_keeps_the_users_files(
+        spelling, quick_checkpoint, quick_export, tmp_path, monkeypatch, capsys):
+    exp = tmp_path / "exp"
+    _earlier_export(exp, "notes.txt", "run.sh")
+    (tmp_path / "link").symlink_to(exp)
+    monkeypatch.chdir(exp)
+    out = spelling.format(abs=exp)
+    from rnnlm.cli import main
+
+    assert main(["export", "--checkpoint", str(quick_checkpoint), "--out", out, "--overwrite"]) == 0
+    assert sorted(p.name for p in exp.iterdir()) == ["config.json", "model.onnx", "notes.txt", "run.sh",
+                                                    "tokenizer.json"]
+    assert (exp / "model.onnx").read_bytes() == b"new graph" and (exp / "notes.txt").read_text() == "the user's"
+    assert sorted(json.loads((exp / "config.json").read_text())["files"]) == ["config.json", "model.onnx", "tokenizer.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_overwrite_removes_only_the_files_the_earlier_export_listed(quick_checkpoint, quick_export, tmp_path):
+    out = tmp_path / "o"
+    _earlier_export(out, "notes.txt", "weights.bin")
+    (out / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT, "files": ["weights.bin", "model.onnx",
+                                                                                      "tokenizer.json", "config.json"]}))
+    export.export_model(quick_checkpoint, out, overwrite=True)
+    # weights.bin was the earlier export's and is gone; model.onnx and tokenizer.json are the new export's
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "notes.txt", "tokenizer.json"]
+
+
+def test_overwrite_never_replaces_a_file_the_earlier_export_did_not_write(quick_checkpoint, quick_export, tmp_path):
+    out = tmp_path / "o"
+    _earlier_export(out)
+    (out / "config.json").write_text(json.dumps({"format": export.EXPORT_FORMAT, "files": ["config.json"]}))
+    with pytest.raises(export.RnnlmError, match="holds model.onnx, which no earlier export wrote"):
+        export.export_model(quick_checkpoint, out, overwrite=True)
+    assert (out / "model.onnx").read_bytes() == b"old graph" and (out / "tokenizer.json").read_text() == "{}"
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.onnx", "tokenizer.json"]
+
+
+@pytest.mark.parametrize("where", ["..", "run"])
+def test_overwrite_refuses_a_folder_that_is_not_an_export_and_changes_nothing(
+        where, quick_checkpoint, quick_export, tmp_path, monkeypatch, capsys):
+    run = quick_checkpoint.parent
+    exp = tmp_path / "exp"
+    _earlier_export(exp)
+    monkeypatch.chdir(exp)
+    target = ".." if where == ".." else str(run)
+    before = sorted(p.name for p in (exp.parent if where == ".." else run).iterdir())
+    line = cli_line(capsys, ["export", "--checkpoint", str(quick_checkpoint), "--out", target, "--overwrite"])
+    assert "not an rnnlm export" in line
+    assert sorted(p.name for p in (exp.parent if where == ".." else run).iterdir()) == before
+
+
+def test_an_empty_current_folder_takes_a_new_export(quick_checkpoint, quick_export, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    export.export_model(quick_checkpoint, ".")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.onnx", "tokenizer.json"]
 
 
 def test_missing_onnx_says_what_to_install(capsys, tmp_path, monkeypatch):
@@ -137,7 +236,7 @@ def _torch_logits(lm, prompt_ids, steps):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", CELL_KINDS)
+@pytest.mark.parametrize("cell", tuple(CELLS))
 def test_exported_model_matches_pytorch_in_onnxruntime(cell, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     for name in export.NEEDS:
@@ -167,3 +266,65 @@ def test_exported_model_matches_pytorch_in_onnxruntime(cell, tmp_path, capsys):
     expected = lm.generate(PROMPT, max_new_tokens=STEPS, temperature=0)
     assert expected.strip() and done.stdout == expected + "\n"
     assert "ms per token" in done.stderr
+
+
+def test_unknown_quantization_is_one_line(capsys, tmp_path):
+    with pytest.raises(RnnlmError, match="unknown quantization 'int4'; use --quantize int8"):
+        export.export_model("x.pt", tmp_path / "o", quantize="int4")
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(tmp_path / "o"), "--quantize", "int4"])
+    assert "--quantize" in line and "int8" in line
+
+
+def test_quantize_is_only_for_onnx(capsys, tmp_path):
+    line = cli_line(capsys, ["export", "--checkpoint", "x.pt", "--out", str(tmp_path / "o"), "--format", "hf",
+                             "--quantize", "int8"])
+    assert "--quantize is for --format onnx" in line and not (tmp_path / "o").exists()
+
+
+def _ops(graph) -> list[str]:
+    """Every node's op type in an ONNX graph, the Scan bodies' included."""
+    import onnx
+
+    ops = []
+    for node in graph.node:
+        ops.append(node.op_type)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                ops += _ops(attr.g)
+    return ops
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_int8_export_quantizes_every_matmul_and_stays_close(cell, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    for name in export.NEEDS:
+        pytest.importorskip(name)
+    import onnx
+
+    from rnnlm.cli import main
+    from rnnlm.inference import load_model
+
+    ckpt = train_tiny_run(tmp_path, f"model.cell={cell}", "tokenizer.kind=bpe", *TRAIN) / "best.pt"
+    for args in ([], ["--quantize", "int8"]):
+        assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / f"onnx{len(args)}"), *args]) == 0
+    float_dir, int8_dir = tmp_path / "onnx0", tmp_path / "onnx2"
+    assert "int8 weights" in capsys.readouterr().out
+    assert json.loads((int8_dir / "config.json").read_text())["quantization"] == "int8"
+    assert json.loads((float_dir / "config.json").read_text())["quantization"] is None
+    assert (int8_dir / "model.onnx").stat().st_size < 0.6 * (float_dir / "model.onnx").stat().st_size
+    ops = _ops(onnx.load(str(int8_dir / "model.onnx")).graph)
+    # The input and recurrent products of each step and the output layer all run in int8.
+    assert ops.count("MatMulInteger") == 3 and "MatMul" not in ops and "Gemm" not in ops, ops
+
+    lm = load_model(ckpt, "cpu")
+    session = ort.InferenceSession(str(int8_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    config = json.loads((int8_dir / "config.json").read_text())
+    names = [(s["name"], s["shape"][1]) for s in config["state"]]
+    ids = tokenization.encode(lm.tokenizer, PROMPT)
+    diff = np.abs(_onnx_logits(session, names, ids, STEPS) - _torch_logits(lm, ids, STEPS)).max()
+    assert 1e-4 < diff < export.TOLERANCE["int8"], diff  # quantized (not the float graph), and close
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "onnx_generate.py"), str(int8_dir), PROMPT, "20"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() and "int8 weights" in done.stderr

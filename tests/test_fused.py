@@ -39,11 +39,11 @@ def test_large_tensors_reuse_freed_pages():
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("batch", [3, 16])  # 16: the loops' matmuls run on packed weights (fused._StepMatmul)
+@pytest.mark.parametrize("batch", [3, 16])  # 16: the loops' matmuls run on packed weights (fused._LoopMatmul)
 def test_fast_path_under_autocast_gives_fp32_gradients_close_to_fp32(cell, batch):
     # CUDA is not available here; CPU autocast to bfloat16 exercises the same casting in fused.run.
     torch.manual_seed(0)
-    model = RNNLM(13, ModelConfig(cell=cell, hidden_size=16, num_layers=2))
+    model = RNNLM(13, ModelConfig(cell=cell, hidden_size=16, num_layers=2, dropout=0.0))
     x = torch.randint(0, 13, (batch, 10))
 
     def loss_and_grads():
@@ -70,7 +70,7 @@ def test_fast_path_under_autocast_gives_fp32_gradients_close_to_fp32(cell, batch
 def test_step_matmul_is_acc_plus_v_times_w_transposed(dtype, pack_float32):
     torch.manual_seed(0)
     w, v, acc = torch.randn(48, 32), torch.randn(16, 32), torch.randn(16, 48)
-    mm = fused._StepMatmul(w.to(dtype), batch=16, steps=8, pack_float32=pack_float32)
+    mm = fused._LoopMatmul(w.to(dtype), batch=16, steps=8, pack_float32=pack_float32)
     if dtype == torch.bfloat16 and fused._ONEDNN_PACKED:
         assert mm.onednn is not None  # the reordered weight, not addmm's per-call reorder
     if dtype == torch.float32 and fused._MKL_PACKED:

@@ -37,7 +37,8 @@ def is_png(path):
 
 def untrained(cell="rnn", hidden=16, vocab=20, seed=0):
     torch.manual_seed(seed)
-    cfg = load_config(None, [f"model.cell={cell}", f"model.hidden_size={hidden}", "model.num_layers=1"]).model
+    cfg = load_config(None, [f"model.cell={cell}", f"model.hidden_size={hidden}", "model.num_layers=1",
+                             "model.dropout=0.0"]).model
     return RNNLM(vocab, cfg)
 
 
@@ -72,9 +73,10 @@ def test_gradients_vanish_for_small_recurrent_weights_and_explode_for_large(cell
 
 def test_clipping_keeps_an_exploding_rnn_training(config_file):
     cfg = load_config(config_file)
+    from rnnlm.config import TokenizerConfig
     from rnnlm.data import load_corpus
 
-    corpus = load_corpus(cfg.data.path, tokenizer_kind="char", cache_dir=cfg.data.cache_dir, progress=False)
+    corpus = load_corpus(cfg.data, TokenizerConfig(kind="char"), progress=False)
     windows = gradflow.text_windows(corpus.ids["train"], 4, 30)
     model = gradflow.scale_hh(untrained("rnn", hidden=32, vocab=corpus.tokenizer.get_vocab_size()), 4.0)
     off = gradflow.clipping_run(model, windows, steps=15, lr=2.0, clip=0, label="off")

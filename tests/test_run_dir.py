@@ -14,7 +14,7 @@ from rnnlm.run_dir import RUN_FILES, config_differences, prepare_run_dir, trunca
 
 
 def test_config_differences_lists_only_the_must_match_settings_that_changed():
-    saved = config_to_dict(load_config(None, ["model.hidden_size=32", "train.batch_size=4"]))
+    saved = config_to_dict(load_config(None, ["model.cell=lstm", "model.hidden_size=32", "train.batch_size=4"]))
     current = config_to_dict(load_config(None, [
         "model.hidden_size=48", "model.cell=gru", "tokenizer.kind=char", "train.batch_size=8",  # must match
         "optim.lr=0.5", "train.max_steps=99", "train.seq_len=7", "data.path=elsewhere.txt", "sample.top_k=3",

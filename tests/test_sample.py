@@ -74,6 +74,21 @@ def test_temperature_zero_is_the_argmax_of_each_row():
     assert torch.equal(sample_next(logits, 0, 5, 0.5, None), logits.argmax(-1))  # filters do not matter
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1e-300, 1.0), (1e-40, 1.0), (1e-30, 1.0), (1.0, 1e-300),
+                                                 (1e-300, 1e-300)])
+def test_settings_too_small_for_float32_behave_as_their_limit(temperature, top_p):
+    """A tiny temperature is greedy and a tiny top-p keeps the most likely token alone, whatever float32 rounds them to."""
+    logits = torch.randn(6, 11, generator=torch.Generator().manual_seed(0)) * 50
+    assert torch.equal(sample_next(logits, temperature, 0, top_p, torch.Generator().manual_seed(0)), logits.argmax(-1))
+    assert kept(filter_logits(LOGITS, top_p=1e-300)) == [[1]]
+
+
+def test_generation_at_a_tiny_temperature_is_greedy():
+    lm = untrained_lm("char")
+    greedy = generate(lm, "The army", max_new_tokens=20, temperature=0)
+    assert generate(lm, "The army", max_new_tokens=20, temperature=1e-300, top_p=1e-300, seed=0) == greedy
+
+
 def test_sampling_draws_only_kept_tokens_and_is_seeded():
     logits = LOGITS.expand(2000, -1)
     draws = sample_next(logits, 1.0, 0, 0.75, torch.Generator().manual_seed(1))

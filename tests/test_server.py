@@ -155,6 +155,56 @@ def test_malformed_bodies_are_400(served, raw, words):
     assert status == 400 and words in data["error"], data
 
 
+HOSTILE = [
+    b"[" * 100_000 + b"]" * 100_000,  # valid JSON, nested deeper than Python's parser recurses
+    b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"prompt": "a", "temperature": ' + b"9" * 400 + b"}",  # an integer past float's range
+    b'{"prompt": "a", "kind": "\\ud83d"}',  # a lone surrogate in an error message
+    b'{"\\ud83d": 1}',  # ... in a field's name
+]
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/next-words", "/api/activations"])
+@pytest.mark.parametrize("raw", HOSTILE, ids=["deep", "deep-field", "huge-number", "surrogate-value", "surrogate-key"])
+def test_hostile_json_is_a_4xx_with_one_line(served, path, raw):
+    port, _ = served
+    status, data = request(port, "POST", path, raw=raw)
+    assert status == 400 and "\n" not in data["error"] and len(data["error"]) < 300, data
+
+
+CUT_EMOJI = "He laughed \ud83d"  # what a page sends when a text is cut in the middle of an emoji
+
+
+def test_a_lone_surrogate_in_a_text_is_read_as_a_replacement_character(served):
+    port, session = served
+    status, stream = request(port, "POST", "/api/generate", {"prompt": CUT_EMOJI, "max_new_tokens": 5, "seed": 1})
+    assert status == 200 and events(stream)[-1][0] == "done"
+    status, data = request(port, "POST", "/api/next-words", {"prompt": CUT_EMOJI, "k": 3})
+    assert status == 200 and data["prompt"] == "He laughed \ufffd" and len(data["words"]) == 3
+    status, data = request(port, "POST", "/api/activations", {"text": CUT_EMOJI})
+    assert status == 200 and data["text"] == "He laughed \ufffd" and len(data["values"]) == len(CUT_EMOJI)
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(served):
+    port, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", "/api/generate")
+    conn.putheader("Content-Length", str(10**12))
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and "at most" in json.loads(resp.read())["error"]
+    conn.close()
+
+
+@pytest.mark.parametrize("setting", [{"temperature": 1e-300}, {"top_p": 1e-300}, {"temperature": 1e-300, "top_p": 1e-300}])
+def test_tiny_sampling_settings_are_greedy(served, setting):
+    port, session = served
+    status, stream = request(port, "POST", "/api/generate", {"prompt": "The army", "max_new_tokens": 20, **setting})
+    assert status == 200 and events(stream)[-1][0] == "done", stream
+    text = "".join(d["text"] for e, d in events(stream) if e == "message")
+    assert text == session.lm.generate("The army", max_new_tokens=20, temperature=0)
+
+
 def test_unknown_paths_and_methods(served):
     port, _ = served
     assert request(port, "GET", "/api/nothing")[0] == 404

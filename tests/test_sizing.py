@@ -89,3 +89,34 @@ def test_a_run_with_auto_stores_the_sized_values_and_resumes(tmp_path, text_file
     # Resuming with the same `auto` config matches the values it was sized to.
     result = train(tiny_config(tmp_path, text_file, *auto, "train.max_steps=10", "train.resume=true"))
     assert result["steps"] == 10
+
+
+def test_resolve_auto_resolves_the_sizes_and_the_precision_in_one_call():
+    import torch
+
+    from rnnlm.device import choose_precision
+    from rnnlm.sizing import needs_text, resolve_auto
+
+    cpu = torch.device("cpu")
+    cfg = load_config("configs/war_and_peace.yaml", ["tokenizer.vocab_size=auto", "model.dropout=auto"])
+    assert needs_text(cfg) and cfg.train.precision == "auto"
+    resolved = resolve_auto(cfg, cpu, 547_193)
+    assert (resolved.cfg.tokenizer.vocab_size, resolved.cfg.model.dropout) == (2048, 0.32)
+    assert (resolved.cfg.train.precision, resolved.precision_reason) == choose_precision(cpu, "auto")
+    assert resolved.sized == ["tokenizer.vocab_size 2048", "model.dropout 0.32"]
+    with pytest.raises(ValueError, match="training text"):
+        resolve_auto(cfg, cpu)  # sizes need the text's length
+    explicit = load_config("configs/war_and_peace.yaml", ["train.precision=fp32"])
+    assert not needs_text(explicit) and resolve_auto(explicit, cpu).cfg is explicit  # nothing to change
+
+
+def test_a_runs_config_yaml_and_checkpoint_hold_the_resolved_precision(tmp_path, text_file, capsys):
+    import torch
+
+    from rnnlm.device import choose_precision
+
+    precision, reason = choose_precision(torch.device("cpu"), "auto")
+    train(tiny_config(tmp_path, text_file, "train.precision=auto", "train.max_steps=2"))
+    assert f"precision {precision} ({reason})" in capsys.readouterr().out
+    assert f"precision: {precision}\n" in (tmp_path / "run" / "config.yaml").read_text()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["precision"] == precision

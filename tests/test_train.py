@@ -267,3 +267,17 @@ def test_patience_stops_a_run_whose_validation_stops_improving_and_resume_keeps_
     assert last["step"] == 3 and last["evals_since_best"] == 2
     resumed = train(tiny_config(tmp_path, text_file, *common, "train.resume=true"))
     assert resumed["steps"] == 3 and "stopping early at step 3" in capsys.readouterr().out
+
+
+def test_a_trainer_is_whole_once_built_and_no_step_adds_an_attribute(tmp_path, text_file):
+    # Every attribute is set by the constructor; fit() and finish() only change their values.
+    cfg = tiny_config(tmp_path, text_file, "train.max_steps=4", "train.eval_every=2")
+    trainer = rnnlm.train.Trainer(cfg, torch.device("cpu"))
+    built = set(vars(trainer))
+    try:
+        trainer.fit()
+        trainer.finish()
+        assert set(vars(trainer)) == built
+    finally:
+        trainer.cleanup()
+    assert trainer.state.step == 4 and trainer.state.bad_in_a_row == 0  # the run's counters: TrainState
