@@ -290,6 +290,16 @@ def test_a_second_run_reads_the_text_once_for_its_split_and_ids(tmp_path, monkey
     assert data.read_corpus(dc, progress=False).chars == first.chars and passes[-2:] == ["reading", "splitting"]
 
 
+def test_a_run_without_a_token_cache_keeps_the_ids_in_a_temporary_file(tmp_path, text_file, capsys):
+    from rnnlm.train import train
+    from tests.conftest import tiny_config
+
+    result = train(tiny_config(tmp_path, text_file, "data.cache_dir=null", "train.max_steps=2"))
+    assert result["steps"] == 2 and not (tmp_path / "cache").exists()
+    out = capsys.readouterr().out
+    assert "characters (train / valid / test); 1 document, " in out and "; no token cache (data.cache_dir null)" in out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", TOKENIZER_KINDS)
 def test_war_and_peace_gives_the_ids_of_the_in_memory_path(war_and_peace, tmp_path, kind, monkeypatch):
