@@ -7,32 +7,25 @@ split" means the same characters.
 
 from __future__ import annotations
 
-import codecs
 import functools
 import glob
 import hashlib
 import http.client
-import os
 import urllib.error
 import urllib.request
-import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
-from . import sizing
+from . import documents, prepare, sizing, token_cache
 from . import tokenizer as tokenization
 from .config import AUTO, DataConfig, TokenizerConfig
-from .errors import CannotWrite, RnnlmError
-from .files import atomic_write, regular_file_problem
+from .errors import RnnlmError
+from .files import atomic_write
 
 SPLITS = ("train", "valid", "test")
-_START_MARK = "*** START OF"
-_END_MARK = "*** END OF"
-_CACHE_FORMAT = 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -90,20 +83,7 @@ def read_text(path, encoding: str = "utf-8", errors: str = "strict", *, what: st
     """
     path = Path(path)
     set_path, set_encoding, set_errors = settings
-    problem = regular_file_problem(path)
-    if problem == "does not exist":
-        fetch = ", or data.url to download one there" if set_path == "data.path" else ""
-        raise RnnlmError(f"{what} {path} does not exist; set {set_path} to a text file{fetch}")
-    if problem == "is a directory":
-        raise RnnlmError(f"{what} {path} is a directory; set {set_path} to a text file inside it")
-    if problem:  # a FIFO would wait for a writer, a device such as /dev/zero never ends
-        raise RnnlmError(f"{what} {path} {problem}, not a regular file; set {set_path} to a text file")
-    try:
-        codec = codecs.lookup(encoding)
-        codecs.lookup_error(errors)
-    except LookupError as e:
-        raise RnnlmError(f"{e}; set {set_encoding} to e.g. utf-8 or latin-1 and {set_errors} to strict, replace "
-                         "or ignore") from None
+    codec = documents.check_file(path, encoding, errors, what=what, settings=settings)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -186,19 +166,11 @@ def read_documents(files: list[Path], separator: str = "\n", encoding: str = "ut
     """The files' texts, each cleaned (clean_text), joined by `separator`; a file that
     cannot be read is named in a one-line error. Of several files, those with no text
     (empty, or only a Project Gutenberg header) are skipped with a warning naming them;
-    only when none has text is that an error."""
+    only when none has text is that an error (documents.skip_empty_files)."""
     if len(files) == 1:
         return clean_text(read_text(files[0], encoding=encoding, errors=errors))
     texts = [clean_text(read_text(f, encoding=encoding, errors=errors, empty_ok=True)) for f in files]
-    empty = [f for f, t in zip(files, texts) if not t.strip()]
-    where = os.path.commonpath([str(f.parent) for f in files])
-    if len(empty) == len(files):
-        raise RnnlmError(f"none of the {len(files)} files from {where} has text (each is empty, whitespace or "
-                         "only a Project Gutenberg header); put text in them or set data.path to another folder")
-    if empty:
-        shown = ", ".join(str(f) for f in empty[:3]) + (", ..." if len(empty) > 3 else "")
-        warnings.warn(f"skipped {len(empty)} of the {len(files)} files from {where}, which have no text: {shown}",
-                      stacklevel=2)
+    documents.skip_empty_files(files, [f for f, t in zip(files, texts) if not t.strip()])
     return separator.join(t for t in texts if t.strip())
 
 
@@ -207,22 +179,17 @@ def read_documents(files: list[Path], separator: str = "\n", encoding: str = "ut
 
 
 def clean_text(text: str) -> str:
-    """CRLF -> LF; Project Gutenberg header and footer off; exactly one final newline.
+    """CRLF -> LF; Project Gutenberg headers and footers off, book by book; exactly one
+    final newline.
 
     Everything through the line holding ``*** START OF`` (when present) and everything
-    from ``*** END OF`` on is dropped; then leading and trailing newlines are stripped
-    and one newline ends the text. A text with nothing left is returned as "".
+    from ``*** END OF`` on is dropped; a text of several books keeps the text between
+    every start line and the end mark after it, the books joined by a blank line (see
+    documents.GutenbergCleaner). Then leading and trailing newlines are stripped and one
+    newline ends the text. A text with nothing left is returned as "".
     """
-    text = text.replace("\r\n", "\n")
-    start = text.find(_START_MARK)
-    if start != -1:
-        eol = text.find("\n", start)
-        text = "" if eol == -1 else text[eol + 1:]
-    end = text.find(_END_MARK)
-    if end != -1:
-        text = text[:end]
-    text = text.strip("\n")
-    return text + "\n" if text else ""
+    cleaner = documents.GutenbergCleaner(documents.ReadStats())
+    return "".join(cleaner.clean([text.replace("\r\n", "\n")], has_start=documents.START_MARK in text))
 
 
 def split_text(text: str, fractions: tuple = (0.8, 0.1, 0.1)) -> dict[str, str]:
@@ -235,25 +202,8 @@ def split_text(text: str, fractions: tuple = (0.8, 0.1, 0.1)) -> dict[str, str]:
     cut falls at that character position instead. The fractions are taken as the
     decimals they are written as (0.8 is 4/5 exactly), so the cuts are exact.
     """
-    train, valid, test = (Fraction(str(f)) for f in fractions)
-    n = len(text)
-    parts = 3 if test else 2
-    if n < parts:
-        raise RnnlmError(f"the text has {n} character(s) after cleaning, too few for train, validation"
-                         + (" and test splits" if test else " splits") + "; use a longer text")
-    train_end = _cut(text, train, lo=1, hi=n - parts + 1)
-    valid_end = _cut(text, train + valid, lo=train_end + 1, hi=n - 1) if test else n
+    train_end, valid_end = prepare.split_points(len(text), fractions, lambda p: text.find("\n", p))
     return {"train": text[:train_end], "valid": text[train_end:valid_end], "test": text[valid_end:]}
-
-
-def _cut(text: str, fraction: Fraction, lo: int, hi: int) -> int:
-    """End (exclusive) of a split: after the first newline at or after `fraction` of the
-    text, if that end lies in [lo, hi]; else the character position itself, clamped."""
-    at = -(-len(text) * fraction.numerator // fraction.denominator)  # ceil, in exact integer arithmetic
-    nl = text.find("\n", max(at, lo - 1))
-    if nl != -1 and lo <= nl + 1 <= hi:
-        return nl + 1
-    return min(max(at, lo), hi)
 
 
 @dataclass
@@ -261,45 +211,59 @@ class Corpus:
     """A tokenized corpus: one 1-D id tensor and one character count per split."""
 
     tokenizer: Tokenizer
-    ids: dict[str, torch.Tensor]  # split -> (N,) int64
+    ids: dict[str, torch.Tensor]  # split -> (N,) uint16 or uint32, over the token cache's memory map
     chars: dict[str, int]  # split -> characters after cleaning (the denominator of bpc)
     text_hash: str  # sha256 of the cleaned text: identifies the data a model saw
     source: str = ""  # what was read: the file, or "N files from FOLDER-OR-PATTERN"
+    cleaning: str = ""  # what the cleaning found: "N documents, M characters of header/footer removed"
 
 
 @dataclass
 class CorpusText:
-    """A corpus read, cleaned and split, not yet tokenized."""
+    """A corpus read as a stream, cleaned and split, not yet tokenized: where its text
+    comes from (read again to tokenize), never the text itself."""
 
-    splits: dict[str, str]  # split -> its text ("" for a split the data leaves out)
+    sources: prepare.Sources  # the files, and how they are read, cleaned and split
     source: str  # what was read, as Corpus.source
     text_hash: str  # sha256 of the cleaned text, as Corpus.text_hash
+    chars: dict[str, int]  # split -> its characters (0 for a split the data leaves out)
+    cleaning: str = ""  # what the cleaning found, as Corpus.cleaning
 
-    @property
-    def chars(self) -> dict[str, int]:
-        return {name: len(self.splits[name]) for name in SPLITS}
+
+def corpus_sources(dc: DataConfig, *, may_download: bool = True, progress: bool = True) -> tuple[prepare.Sources, str]:
+    """(the files the `data` section names, what the startup line calls them): a text to
+    split, or a pre-split dataset's files of each split (see pre_split_layout). A missing
+    single file is downloaded from data.url only with `may_download`."""
+    valid_path, test_path, path = pre_split_layout(dc.path, dc.valid_path, dc.test_path)
+    sources = prepare.Sources(fractions=tuple(dc.split), name=str(path), separator=dc.separator,
+                              encoding=dc.encoding, errors=dc.errors, progress=progress)
+    if valid_path is not None:
+        sources.pre_split = {"train": corpus_files(path, dc.glob), "valid": corpus_files(valid_path, dc.glob),
+                             "test": corpus_files(test_path, dc.glob) if test_path is not None else []}
+        return sources, f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else
+                                                                             "no test")
+    sources.files = corpus_files(path, dc.glob)
+    if len(sources.files) == 1 and not sources.files[0].exists() and dc.url and may_download:
+        download(dc.url, sources.files[0], progress=progress)
+    single = len(sources.files) == 1 and sources.files[0] == Path(path)
+    return sources, str(sources.files[0]) if single else f"{len(sources.files)} files from {path}"
 
 
 def read_splits(dc: DataConfig, *, may_download: bool = True, progress: bool = True) -> tuple[dict[str, str], str, str]:
     """(train/valid/test texts, what was read, the text that identifies the data) of the
     `data` section's text to split, or of a pre-split dataset (see pre_split_layout), read
-    as it is; a missing single file is downloaded from data.url only with `may_download`."""
+    whole into memory as it is; a missing single file is downloaded from data.url only with
+    `may_download`. Training reads the same text as a stream instead (read_corpus)."""
     read = functools.partial(read_documents, separator=dc.separator, encoding=dc.encoding, errors=dc.errors)
-    valid_path, test_path, path = pre_split_layout(dc.path, dc.valid_path, dc.test_path)
-    if valid_path is not None:
-        splits = {"train": read(corpus_files(path, dc.glob)), "valid": read(corpus_files(valid_path, dc.glob)),
-                  "test": read(corpus_files(test_path, dc.glob)) if test_path is not None else ""}
-        source = f"pre-split: train {path}, valid {valid_path}, " + (f"test {test_path}" if test_path else "no test")
+    sources, source = corpus_sources(dc, may_download=may_download, progress=progress)
+    if sources.pre_split is not None:
+        splits = {name: read(files) if files else "" for name, files in sources.pre_split.items()}
         text = "\0".join(splits[name] for name in SPLITS)
     else:
-        files = corpus_files(path, dc.glob)
-        if len(files) == 1 and not files[0].exists() and dc.url and may_download:
-            download(dc.url, files[0], progress=progress)
-        text = read(files)
-        source = str(files[0]) if len(files) == 1 and files[0] == Path(path) else f"{len(files)} files from {path}"
+        text = read(sources.files)
         splits = split_text(text, dc.split) if text.strip() else {}
     if not any(t.strip() for t in splits.values()):
-        raise RnnlmError(f"data file {path} has no text left after removing the Project Gutenberg "
+        raise RnnlmError(f"data file {sources.name} has no text left after removing the Project Gutenberg "
                          "header/footer; use another file")
     return splits, source, text
 
@@ -312,10 +276,19 @@ def splits_from_config(cfg, download: bool = False) -> dict[str, str]:
 
 
 def read_corpus(dc: DataConfig, *, progress: bool = True) -> CorpusText:
-    """Read, clean and split the `data` section's text (downloading a single missing file
-    from data.url): see read_splits."""
-    splits, source, text = read_splits(dc, progress=progress)
-    return CorpusText(splits=splits, source=source, text_hash=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    """Read, clean and split the `data` section's text as a stream (prepare.py; downloading
+    a single missing file from data.url), never whole: its hash and each split's characters.
+
+    Where a text is cut into splits is kept in data.cache_dir beside the token cache
+    (prepare.split_chars), so a run whose token cache exists reads the text only once."""
+    sources, source = corpus_sources(dc, progress=progress)
+    text_hash, counts, stats = prepare.scan(sources)
+    record = None
+    if dc.cache_dir is not None and sources.pre_split is None:
+        key = _key("split", text_hash, repr(tuple(float(f) for f in dc.split)))
+        record = Path(dc.cache_dir) / f"{key}.split"
+    chars = prepare.split_chars(sources, counts, record)
+    return CorpusText(sources=sources, source=source, text_hash=text_hash, chars=chars, cleaning=stats.describe())
 
 
 def tokenize_corpus(text: CorpusText, dc: DataConfig, tc: TokenizerConfig,
@@ -324,9 +297,10 @@ def tokenize_corpus(text: CorpusText, dc: DataConfig, tc: TokenizerConfig,
     split, or with ``tokenizer_json`` when given (a run being resumed or evaluated must use
     its own tokenizer). tokenizer.vocab_size must be resolved (sizing.resolve_auto).
 
-    Tokenizer and ids are cached in data.cache_dir under a hash of the cleaned text and the
-    tokenizer settings, so a second run skips tokenization; a cache_dir of None turns the
-    cache off.
+    The text is read again as a stream (prepare.py): memory does not grow with the corpus.
+    The ids go to a token cache file in data.cache_dir (token_cache.py) named by a hash of
+    the cleaned text and the tokenizer settings, and are read through a memory map, so a
+    second run skips tokenization; a cache_dir of None keeps them in a temporary file.
     """
     if tokenizer_json is not None:
         settings = ["given", tokenizer_json]  # kind and vocab_size play no part then
@@ -336,24 +310,30 @@ def tokenize_corpus(text: CorpusText, dc: DataConfig, tc: TokenizerConfig,
         settings = [tc.kind, str(tc.vocab_size if tc.kind != "char" else 0)]
     if tuple(dc.split) != (0.8, 0.1, 0.1):  # the default keys as it always has
         settings.append(repr(tuple(float(f) for f in dc.split)))
-    key = hashlib.sha256("\0".join([f"v{_CACHE_FORMAT}", text.text_hash, *settings]).encode("utf-8")).hexdigest()[:24]
-    cache_file = Path(dc.cache_dir) / f"{key}.pt" if dc.cache_dir is not None else None
+    if sum(text.chars.values()) > prepare.TOKENIZER_CHARS:
+        settings.append(f"learned from {prepare.TOKENIZER_CHARS}")
+    key = _key(f"v{token_cache.FORMAT}", text.text_hash, *settings)
+    cache_file = Path(dc.cache_dir) / f"{key}.ids" if dc.cache_dir is not None else None
 
     cached = _load_cache(cache_file) if cache_file is not None else None
-    if cached is not None:
-        tok, ids = cached
-    else:
+    if cached is None:
         tok = tokenization.from_json(tokenizer_json) if tokenizer_json is not None else \
-            tokenization.train_tokenizer(tc.kind, text.splits["train"], tc.vocab_size)
-        ids = {name: torch.tensor(tokenization.encode(tok, text.splits[name]), dtype=torch.long) for name in SPLITS}
-        if cache_file is not None:
-            _save_cache(cache_file, {
-                "format": _CACHE_FORMAT,
-                "tokenizer_json": tokenization.to_json(tok),
-                # int32 halves the file; any vocabulary fits.
-                "ids": {name: t.to(torch.int32) for name, t in ids.items()},
-            })
-    return Corpus(tokenizer=tok, ids=ids, chars=text.chars, text_hash=text.text_hash, source=text.source)
+            prepare.train_tokenizer(text.sources, text.chars, tc.kind, tc.vocab_size)
+
+        def fill(writer) -> dict:
+            prepare.encode_into(writer, text.sources, text.chars, tok)
+            return {"tokenizer_json": tokenization.to_json(tok), "chars": text.chars}
+        _, ids = token_cache.write(cache_file, token_cache.dtype_for(tok.get_vocab_size()), fill,
+                                   elsewhere="set data.cache_dir to another disk")
+        cached = tok, {name: ids[name] for name in SPLITS}
+    tok, ids = cached
+    return Corpus(tokenizer=tok, ids=ids, chars=text.chars, text_hash=text.text_hash, source=text.source,
+                  cleaning=text.cleaning)
+
+
+def _key(*parts: str) -> str:
+    """The name of a file in data.cache_dir: a hash of what it depends on."""
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()[:24]
 
 
 def load_corpus(dc: DataConfig, tc: TokenizerConfig, *, tokenizer_json: str | None = None,
@@ -373,31 +353,16 @@ def corpus_from_config(cfg, tokenizer_json: str | None = None, progress: bool = 
 
 
 def _load_cache(file: Path):
-    """(tokenizer, ids) from a cache file, or None if absent or unusable (then rebuilt)."""
-    if not file.is_file():
+    """(tokenizer, ids) from a token cache file, or None if absent or unusable (then rebuilt)."""
+    mapped = token_cache.read(file)
+    if mapped is None:
         return None
+    meta, ids = mapped
     try:
-        entry = torch.load(file, weights_only=True, map_location="cpu")
-        if not (isinstance(entry, dict) and entry.get("format") == _CACHE_FORMAT):
-            return None
-        tok = tokenization.from_json(entry["tokenizer_json"])
-        ids = {name: entry["ids"][name] for name in SPLITS}
-        if not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in ids.values()):
-            return None
-        return tok, {name: t.long() for name, t in ids.items()}
-    except Exception:  # truncated, foreign or hand-edited: not worth more than a rebuild
+        return tokenization.from_json(meta["tokenizer_json"]), {name: ids[name] for name in SPLITS}
+    except (RnnlmError, KeyError, TypeError, ValueError):  # hand-edited or foreign: rebuilt
         return None
 
-
-def _save_cache(file: Path, entry: dict) -> None:
-    # Atomic, so concurrent runs never see half a file. A cache that cannot be written
-    # (a full disk) only costs time on the next run: one warning line, and on.
-    try:
-        atomic_write(file, lambda f: torch.save(entry, f), elsewhere="set data.cache_dir to another disk")
-    except CannotWrite as e:
-        warnings.warn(f"token cache not saved (the next run tokenizes again): {e}", stacklevel=2)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -436,8 +401,8 @@ def get_batch(data: torch.Tensor, i: int, seq_len: int) -> tuple[torch.Tensor, t
     """Inputs and next-token targets at time offset ``i``: x = data[:, i:i+T],
     y = data[:, i+1:i+1+T], both (B, T); T = seq_len, or less for the last batch."""
     t = min(seq_len, data.size(1) - 1 - i)
-    x = data[:, i : i + t]  # (B, T)
-    y = data[:, i + 1 : i + 1 + t]  # (B, T)
+    x = data[:, i : i + t].long()  # (B, T); the ids may be stored as uint16 / uint32
+    y = data[:, i + 1 : i + 1 + t].long()  # (B, T)
     return x, y
 
 

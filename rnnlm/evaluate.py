@@ -190,7 +190,7 @@ def evaluate_ids_dynamic(model: RNNLM, ids: torch.Tensor, *, lr: float, seq_len:
     adapted = copy.deepcopy(model).eval()  # deepcopy keeps tied weights tied
     params = list(adapted.parameters())
     update = _DynamicUpdate(params, lr=lr, decay=decay, grad_rms=grad_rms, device=device)
-    inputs, targets = ids[None, :-1].to(device), ids[None, 1:].to(device)
+    inputs, targets = ids[None, :-1].long().to(device), ids[None, 1:].long().to(device)  # ids may be uint16
     state = None
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, inputs.size(1), seq_len):

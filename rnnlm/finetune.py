@@ -26,6 +26,7 @@ from rnnlm.model_folder import Parent, read_model
 SHAPE_KEYS = ("model.cell", "model.hidden_size", "model.num_layers", "model.embedding_size", "model.tie_weights",
               "tokenizer.kind", "tokenizer.vocab_size")
 UNSET = (None, AUTO)  # a shape key with one of these values is the parent's
+_SLICE = 1 << 24  # tokens counted at a time for the <unk> share
 
 
 @dataclasses.dataclass
@@ -152,7 +153,9 @@ def unknown_share(tok, train_ids: torch.Tensor, limit: float) -> Optional[float]
     unk = tokenization.unk_id(tok)
     if unk is None:
         return None
-    share = float((train_ids == unk).sum()) / max(1, train_ids.numel())
+    # In slices: the ids may be a memory map of a corpus larger than memory.
+    count = sum(int((train_ids[i:i + _SLICE] == unk).sum()) for i in range(0, train_ids.numel(), _SLICE))
+    share = count / max(1, train_ids.numel())
     if share > limit:
         raise RnnlmError(f"the parent's tokenizer maps {share:.1%} of the training tokens to <unk>, above "
                          f"train.max_unknown_share={limit:g}: start from a parent with a bpe tokenizer (it covers "

@@ -60,7 +60,7 @@ def text_windows(ids: torch.Tensor, num_windows: int, seq_len: int) -> torch.Ten
         raise RnnlmError(f"the text has {ids.numel()} tokens but one window needs {need}; lower --seq-len")
     num_windows = max(1, min(num_windows, ids.numel() // need))
     stride = (ids.numel() - need) // max(1, num_windows - 1) if num_windows > 1 else 0
-    return torch.stack([ids[i * stride: i * stride + need] for i in range(num_windows)])  # (B, T + 1)
+    return torch.stack([ids[i * stride: i * stride + need] for i in range(num_windows)]).long()  # (B, T + 1)
 
 
 def gradient_flow(model: RNNLM, windows: torch.Tensor, layer: int = -1) -> list[float]:

@@ -9,17 +9,21 @@ Each rule is anchored at War and Peace, where it gives the main config's own val
 scales with r = training characters / War and Peace's:
 
     tokenizer.vocab_size   4096 * sqrt(r), to the nearest power of two, in [512, 16384]
-    model.dropout          0.15 * r ** -0.5, two decimals, in [0.05, 0.5]
-    train.max_epochs       the larger of 50 * r and 4 / sqrt(r)
+    model.dropout          0.15 * r ** -0.5, two decimals, in [0.05, 0.5]; 0 for a text
+                           read at most once (max_epochs 1)
+    train.max_epochs       up to War and Peace: the larger of 50 * r and 4 / sqrt(r);
+                           above it: 50 / r, at least 1
 
 so a smaller text gets fewer, better-seen BPE merges, stronger dropout and a cosine
 schedule that ends after about 10 passes (for 500 K characters; more for a text of
 100 K, whose stronger dropout slows the learning), when a model of this size has learned
 what it can from it: in minutes the schedule would still be high when it starts to learn
-the text by heart. A larger text gets more merges, less dropout, and more passes than
-its minutes allow on a CPU, so that time stays its limit. The rules were chosen by
-measurement on four texts (docs/tuning.md#your-own-text); each is kept only because it
-won there.
+the text by heart. A larger text gets more merges, less dropout, and as many tokens as
+War and Peace's 50 passes (fewer passes the larger it is: one from 86 million characters on,
+too much to learn by heart, hence no dropout); on a CPU its minutes end the
+schedule first, on a GPU its passes. The rules up to War and Peace were chosen by
+measurement on four texts (docs/tuning.md#your-own-text), each kept only because it won
+there; those above it follow from the token budget (docs/scaling.md#corpora-larger-than-memory).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from rnnlm.device import choose_precision
 ANCHOR_CHARS = 2_561_316
 ANCHOR_VOCAB = 4096
 ANCHOR_DROPOUT = 0.15
+ANCHOR_EPOCHS = 50
 
 
 def _ratio(train_chars: int) -> float:
@@ -53,13 +58,17 @@ def vocab_size_for(train_chars: int) -> int:
 
 def dropout_for(train_chars: int) -> float:
     """Locked dropout on each layer's output for a training text of `train_chars` characters."""
+    if max_epochs_for(train_chars) <= 1:
+        return 0.0
     return round(min(max(ANCHOR_DROPOUT * _ratio(train_chars) ** -0.5, 0.05), 0.5), 2)
 
 
 def max_epochs_for(train_chars: int) -> int:
     """Passes over a training text of `train_chars` characters before the schedule ends."""
     r = _ratio(train_chars)
-    return round(max(50 * r, 4 / math.sqrt(r)))
+    if r > 1:  # War and Peace's 50 passes of tokens, spread over the larger text
+        return max(1, round(ANCHOR_EPOCHS / r))
+    return round(max(ANCHOR_EPOCHS * r, 4 / math.sqrt(r)))
 
 
 # (section, key) of each setting that takes `auto`, and its rule.

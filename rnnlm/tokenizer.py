@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from typing import Iterable, Iterator
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -40,33 +41,41 @@ _PARAGRAPH = "\n\n"
 _NO_SPACE_BEFORE = [".", ",", ";", ":", "!", "?", ")", "]", "}", "”", "’", "'", "%", "—", "-"]
 _NO_SPACE_AFTER = ["(", "[", "{", "“", "‘", "—", "-"]
 
-# Encoding is batched over chunks of about this many characters (see _chunks).
+# Encoding is batched over chunks of about this many characters (see safe_pieces); a
+# line longer than _LONG_LINE is cut at a space instead.
 _CHUNK_CHARS = 16_384
+_LONG_LINE = 64 * _CHUNK_CHARS
+# Chunks encoded in one parallel call when encoding a stream (about 1 MB of text).
+_BATCH_CHUNKS = 64
 # A surrogate code point alone: what Python makes of bytes that are not UTF-8 on the command
 # line or stdin (surrogateescape) and of a JSON "\ud83d" escape without its pair. No text
 # holds one, and the tokenizers refuse it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:
+def train_tokenizer(kind: str, text: str | Iterable[str], vocab_size: int) -> Tokenizer:
     """Train a tokenizer of the given kind (``bpe``, ``word`` or ``char``) on ``text``.
 
-    ``vocab_size`` is the target vocabulary for ``bpe`` (at least the 256 bytes) and
-    ``word`` (``<unk>`` included); ``char`` takes every character of ``text`` and
-    ignores it. Pass the train split only, so that validation and test stay unseen.
+    ``text`` is a string or an iterator of its pieces (a corpus read as a stream): the
+    pieces are re-cut where every kind tokenizes alike (see `safe_pieces`), so the
+    tokenizer is the same as from the joined string. ``vocab_size`` is the target
+    vocabulary for ``bpe`` (at least the 256 bytes) and ``word`` (``<unk>`` included);
+    ``char`` takes every character of ``text`` and ignores it. Pass the train split only,
+    so that validation and test stay unseen.
     """
     if kind not in TOKENIZER_KINDS:
         raise RnnlmError(f"unknown tokenizer kind {kind!r}; use one of: {', '.join(TOKENIZER_KINDS)}")
     if not isinstance(vocab_size, int) or vocab_size < 1:
         raise RnnlmError(f"tokenizer vocab_size must be a positive integer, got {vocab_size!r}")
+    pieces = safe_pieces([text] if isinstance(text, str) else text)
     if kind == "bpe":
-        return _train_bpe(text, vocab_size)
+        return _train_bpe(pieces, vocab_size)
     if kind == "word":
-        return _train_word(text, vocab_size)
-    return _train_char(text)
+        return _train_word(pieces, vocab_size)
+    return _train_char(pieces)
 
 
-def _train_bpe(text: str, vocab_size: int) -> Tokenizer:
+def _train_bpe(pieces: Iterator[str], vocab_size: int) -> Tokenizer:
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet):
         raise RnnlmError(
@@ -81,11 +90,11 @@ def _train_bpe(text: str, vocab_size: int) -> Tokenizer:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=[], show_progress=False
     )
-    tok.train_from_iterator(_chunks(text), trainer=trainer, length=None)
+    tok.train_from_iterator(pieces, trainer=trainer, length=None)
     return tok
 
 
-def _train_word(text: str, vocab_size: int) -> Tokenizer:
+def _train_word(pieces: Iterator[str], vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.normalizer = _word_normalizer()
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="removed", invert=True)
@@ -93,7 +102,7 @@ def _train_word(text: str, vocab_size: int) -> Tokenizer:
     trainer = trainers.WordLevelTrainer(
         vocab_size=vocab_size, min_frequency=1, special_tokens=[UNK], show_progress=False
     )
-    tok.train_from_iterator(_chunks(text), trainer=trainer)
+    tok.train_from_iterator(pieces, trainer=trainer)
     return tok
 
 
@@ -112,10 +121,13 @@ def _word_decoder():
     return decoders.Sequence(steps)
 
 
-def _train_char(text: str) -> Tokenizer:
+def _train_char(pieces: Iterator[str]) -> Tokenizer:
     # The vocabulary is known exactly (sorted, so it does not depend on hashing order);
     # WordLevel over single-character pieces gives one token per character.
-    chars = sorted(set(text) - {UNK})
+    seen: set[str] = set()
+    for piece in pieces:
+        seen.update(piece)
+    chars = sorted(seen - {UNK})
     vocab = {UNK: 0, **{c: i + 1 for i, c in enumerate(chars)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -124,23 +136,39 @@ def _train_char(text: str) -> Tokenizer:
 
 
 def _chunks(text: str, size: int = _CHUNK_CHARS) -> list[str]:
-    """Cut ``text`` into pieces of about ``size`` characters for batched encoding.
+    """``text`` cut into pieces of about ``size`` characters for batched encoding (see `safe_pieces`)."""
+    return list(safe_pieces([text], size))
 
-    Cuts go only right after a newline with non-space characters on both sides (an
-    ordinary line break inside prose). Every kind tokenizes such a newline the same way
-    alone as in context (byte-level BPE makes it a piece of its own; word drops it as
-    whitespace; char is per character), so encoding the pieces and concatenating gives
-    exactly the ids of encoding the whole text. A text without such a newline is one piece.
+
+def safe_pieces(texts: Iterable[str], size: int = _CHUNK_CHARS) -> Iterator[str]:
+    """The text given as `texts` (a stream of pieces cut anywhere), re-cut into pieces of
+    about ``size`` characters where tokenizing in pieces gives the ids of the whole.
+
+    Cuts go right after a newline with non-space characters on both sides (an ordinary
+    line break inside prose): every kind tokenizes such a newline the same way alone as
+    in context (byte-level BPE makes it a piece of its own; word drops it as whitespace;
+    char is per character), so encoding the pieces and concatenating gives exactly the
+    ids of encoding the whole text, however the text was given. A stretch of
+    `_LONG_LINE` characters without such a newline (a file of one line) is cut before a
+    space between a non-space character and a letter instead (byte-level BPE starts a
+    piece " word" there; word and char drop or keep the space alike); a text with
+    neither is one piece.
     """
-    pieces, start, n = [], 0, len(text)
-    while n - start > size:
-        cut = _safe_cut(text, start + size)
-        if cut is None:
-            break
-        pieces.append(text[start:cut])
-        start = cut
-    pieces.append(text[start:])
-    return pieces
+    buf = ""
+    for text in texts:
+        buf += text
+        at = 0  # where the next piece starts
+        while len(buf) - at > size:
+            cut = _safe_cut(buf, at + size)
+            if cut is None and len(buf) - at > _LONG_LINE:
+                cut = _space_cut(buf, at + size)
+            if cut is None:
+                break
+            yield buf[at:cut]
+            at = cut
+        buf = buf[at:]
+    if buf:
+        yield buf
 
 
 def _safe_cut(text: str, pos: int) -> int | None:
@@ -151,6 +179,17 @@ def _safe_cut(text: str, pos: int) -> int | None:
             return None
         if i > 0 and _plain(text[i - 1]) and _plain(text[i + 1]):
             return i + 1
+        pos = i + 1
+
+
+def _space_cut(text: str, pos: int) -> int | None:
+    """Index of the first space at or after ``pos`` between a non-space character and a letter."""
+    while True:
+        i = text.find(" ", pos)
+        if i == -1 or i + 1 >= len(text):
+            return None
+        if i > 0 and _plain(text[i - 1]) and text[i + 1].isalpha():
+            return i
         pos = i + 1
 
 
@@ -172,7 +211,27 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
         return []
     text = replace_surrogates(text)[0]
     ids: list[int] = []
-    for enc in tok.encode_batch_fast(_chunks(text), add_special_tokens=False):
+    for part in encode_pieces(tok, [text]):
+        ids.extend(part)
+    return ids
+
+
+def encode_pieces(tok: Tokenizer, texts: Iterable[str]) -> Iterator[list[int]]:
+    """Token ids of the text given as a stream of pieces (cut anywhere), a batch of
+    chunks at a time: joined, they are the ids of the joined text (see `safe_pieces`)."""
+    batch: list[str] = []
+    for piece in safe_pieces(t for t in texts if t):
+        batch.append(piece)
+        if len(batch) == _BATCH_CHUNKS:
+            yield _encode_batch(tok, batch)
+            batch = []
+    if batch:
+        yield _encode_batch(tok, batch)
+
+
+def _encode_batch(tok: Tokenizer, pieces: list[str]) -> list[int]:
+    ids: list[int] = []
+    for enc in tok.encode_batch_fast(pieces, add_special_tokens=False):
         ids.extend(enc.ids)
     return ids
 

@@ -233,10 +233,12 @@ class Trainer:
               + (f" | {ddp.describe()}" if ddp.is_distributed() else "")
               + (f" | resuming at step {self.state.step}" if resuming else ""))
         cache = self.cfg.data.cache_dir
-        relative = not (Path(cache).is_absolute() and Path(self.cfg.data.path).is_absolute())
+        relative = cache is not None and not (Path(cache).is_absolute() and Path(self.cfg.data.path).is_absolute())
         where = f", relative to {Path.cwd()}" if relative else ""  # e.g. data/ of the current folder
         print(f"data: {self.corpus.source}, split {self.corpus.chars['train']:,} / {self.corpus.chars['valid']:,} / "
-              f"{self.corpus.chars['test']:,} characters (train / valid / test); token cache {cache}{where}")
+              f"{self.corpus.chars['test']:,} characters (train / valid / test)"
+              + (f"; {self.corpus.cleaning}" if self.corpus.cleaning else "")
+              + (f"; token cache {cache}{where}" if cache is not None else "; no token cache (data.cache_dir null)"))
         if self.sized:
             print(f"sized to the {self.corpus.chars['train']:,} training characters (auto): " + ", ".join(self.sized))
         if self.parent is not None:

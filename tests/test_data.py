@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm import data
+from rnnlm import data, token_cache
 from rnnlm import tokenizer as T
 from rnnlm.config import DataConfig, TokenizerConfig
 from rnnlm.errors import RnnlmError
@@ -238,17 +238,18 @@ def test_load_corpus_uses_the_cache_on_the_second_call(tmp_path, monkeypatch):
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
     first = load(path, "bpe", 300, cache_dir=str(cache))
-    assert len(list(cache.glob("*.pt"))) == 1
+    assert len(list(cache.glob("*.ids"))) == 1
 
     def no_training(*args, **kwargs):
         raise AssertionError("the tokenizer was trained again instead of read from the cache")
 
     monkeypatch.setattr(T, "train_tokenizer", no_training)
     monkeypatch.setattr(T, "encode", no_training)
+    monkeypatch.setattr(T, "encode_pieces", no_training)
     second = load(path, "bpe", 300, cache_dir=str(cache))
     for split in data.SPLITS:
         assert torch.equal(first.ids[split], second.ids[split])
-        assert second.ids[split].dtype == torch.long and second.ids[split].dim() == 1
+        assert second.ids[split].dtype == torch.uint16 and second.ids[split].dim() == 1
     assert T.to_json(second.tokenizer) == T.to_json(first.tokenizer)
     assert second.chars == first.chars and second.text_hash == first.text_hash
 
@@ -269,7 +270,7 @@ def test_cache_key_depends_on_tokenizer_settings_and_given_tokenizer(tmp_path):
     cache = tmp_path / "cache"
     bpe = load(path, "bpe", 300, cache_dir=str(cache))
     char = load(path, "char", cache_dir=str(cache))
-    assert char.tokenizer.get_vocab_size() < 300 and len(list(cache.glob("*.pt"))) == 2
+    assert char.tokenizer.get_vocab_size() < 300 and len(list(cache.glob("*.ids"))) == 2
     # A given tokenizer (resume / evaluate) is used as is, not retrained.
     given = load(path, "char", tokenizer_json=T.to_json(bpe.tokenizer), cache_dir=str(cache))
     assert T.to_json(given.tokenizer) == T.to_json(bpe.tokenizer)
@@ -281,16 +282,19 @@ def test_a_corrupt_cache_file_is_rebuilt(tmp_path):
     path.write_text(PROSE, encoding="utf-8")
     cache = tmp_path / "cache"
     first = load(path, "char", cache_dir=str(cache))
-    (entry,) = cache.glob("*.pt")
-    entry.write_bytes(entry.read_bytes()[:100])  # truncated
+    (entry,) = cache.glob("*.ids")
+    whole = entry.read_bytes()
+    entry.unlink()  # a new file: truncating the mapped one in place would pull the pages from under `first`
+    entry.write_bytes(whole[:100])  # truncated
     again = load(path, "char", cache_dir=str(cache))
     assert torch.equal(again.ids["train"], first.ids["train"])
-    assert data._load_cache(entry) is not None  # rewritten whole
-    entry_dict = torch.load(entry, weights_only=True)
-    entry_dict["tokenizer_json"] = "{broken"
-    torch.save(entry_dict, entry)
+    assert entry.read_bytes() == whole  # rewritten whole
+    entry.unlink()
+    entry.write_bytes(whole.replace(b'"tokenizer_json": "{', b'"tokenizer_json": "['))
+    assert token_cache.read(entry) is not None  # the file parses, its tokenizer does not
     again = load(path, "char", cache_dir=str(cache))
     assert torch.equal(again.ids["valid"], first.ids["valid"])
+    assert entry.read_bytes() == whole
 
 
 def test_load_corpus_reports_a_missing_file_and_empty_content(tmp_path):
@@ -425,7 +429,8 @@ def test_a_folder_or_glob_trains_evaluates_and_resumes(tmp_path, capsys, source)
     path = folder if source == "folder" else folder / "*.txt"
     result = train(tiny_config(tmp_path, path, "train.max_steps=3", "train.checkpoint_every=3"))
     assert result["steps"] == 3
-    assert f"data: 2 files from {path}, split " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"data: 2 files from {path}, split " in out and "(train / valid / test); 2 documents, 0 characters" in out
     result = train(tiny_config(tmp_path, path, "train.max_steps=5", "train.resume=true"))
     assert result["steps"] == 5 and result["test"]["chars"] > 0
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test"]) == 0

@@ -5,6 +5,7 @@ and checks the exit code, that stderr is exactly one `error:` (or `warning:`) li
 what the line says.
 """
 
+import builtins
 import os
 import subprocess
 import sys
@@ -47,7 +48,15 @@ def test_unreadable_data_file(tmp_path, text_file, capsys, monkeypatch):
             raise PermissionError(13, "Permission denied")
         return real(self)
 
+    real_open = builtins.open
+
+    def open_(file, *args, **kwargs):  # the corpus is read as a stream, through open
+        if isinstance(file, (str, Path)) and Path(file) == text_file:
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *args, **kwargs)
+
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(builtins, "open", open_)
     line = train_error(capsys, tmp_path, text_file)
     assert line == f"error: cannot read data file {text_file} (Permission denied); check its permissions or " \
                    "set data.path to another file"

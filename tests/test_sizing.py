@@ -24,8 +24,9 @@ def test_the_rules_give_the_main_configs_values_on_war_and_peace():
 @pytest.mark.parametrize("chars, vocab, dropout, epochs", [
     (50_000, 512, 0.5, 29),            # vocabulary and dropout at their bounds
     (547_193, 2048, 0.32, 11),         # Pride and Prejudice's train split
-    (20_000_000, 8192, 0.05, 390),
-    (10**9, 16384, 0.05, 19521),
+    (20_000_000, 8192, 0.05, 6),        # War and Peace's 50 passes of tokens: 6.4 passes
+    (80_000_000, 16384, 0.05, 2),
+    (10**9, 16384, 0.0, 1),             # read once: nothing to learn by heart, no dropout
 ])
 def test_smaller_texts_get_fewer_merges_more_dropout_and_fewer_passes(chars, vocab, dropout, epochs):
     assert vocab_size_for(chars) == vocab
@@ -38,12 +39,17 @@ def test_the_rules_are_monotonic_in_the_texts_size():
     vocabs = [vocab_size_for(n) for n in sizes]
     dropouts = [dropout_for(n) for n in sizes]
     assert vocabs == sorted(vocabs) and dropouts == sorted(dropouts, reverse=True)
-    # Passes are fewest near a fifth of War and Peace and grow both ways: more dropout on
-    # a smaller text, more to learn in a larger one.
+    # Passes are fewest near a fifth of War and Peace and grow both ways up to it: more
+    # dropout on a smaller text, more to learn in a larger one; above it the passes
+    # share War and Peace's budget of tokens, fewer the larger the text.
     epochs = [max_epochs_for(n) for n in sizes]
-    fewest = epochs.index(min(epochs))
-    assert 300_000 < sizes[fewest] < 1_000_000
-    assert epochs[:fewest + 1] == sorted(epochs[:fewest + 1], reverse=True) and epochs[fewest:] == sorted(epochs[fewest:])
+    fewest = epochs.index(min(epochs[:9]))
+    most = fewest + epochs[fewest:].index(max(epochs[fewest:]))
+    assert 300_000 < sizes[fewest] < 1_000_000 and sizes[most - 1] < ANCHOR_CHARS < sizes[most + 1]
+    assert epochs[:fewest + 1] == sorted(epochs[:fewest + 1], reverse=True)
+    assert epochs[fewest:most + 1] == sorted(epochs[fewest:most + 1])
+    assert epochs[most:] == sorted(epochs[most:], reverse=True) and epochs[-1] >= 1
+    assert max_epochs_for(ANCHOR_CHARS + 1) == 50  # no jump at War and Peace
     assert all(v & (v - 1) == 0 for v in vocabs)  # powers of two
 
 

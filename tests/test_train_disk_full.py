@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import rnnlm.data
 import rnnlm.files
 import rnnlm.plots
 import rnnlm.run_dir
+import rnnlm.token_cache
 import rnnlm.train
 from rnnlm.checkpoint import load_checkpoint
 from rnnlm.cli import main
@@ -193,7 +193,7 @@ class HalfLine:
 @pytest.mark.parametrize("module, chosen, line", [
     (rnnlm.plots, lambda path: path.name == "training.png", "warning: no training plot: cannot write {run}/training.png: no space left on the "
      "device (no training.png was written); free some disk space or draw it elsewhere with: rnnlm plot {run} --out FILE"),
-    (rnnlm.data, lambda path: path.parent.name == "cache", "warning: token cache not saved (the next run tokenizes again): cannot write {file}: no "
+    (rnnlm.token_cache, lambda path: path.parent.name == "cache", "warning: token cache not saved (the next run tokenizes again): cannot write {file}: no "
      "space left on the device (no {name} was written); free some disk space or set data.cache_dir to another disk"),
 ], ids=["plot", "token-cache"])
 def test_a_plot_or_token_cache_that_cannot_be_written_is_a_warning(tmp_path, run_args, capsys, monkeypatch,
