@@ -18,7 +18,7 @@ from rnnlm.errors import RnnlmError
 from rnnlm.evaluate import evaluate_ids
 from rnnlm.model import RNNLM
 from rnnlm.train import train
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, tiny_config, tiny_overrides
 
 # Constant lr, so a 5-step run is the first 5 steps of an 8-step one (resume test);
 # no dropout, so runs with different numbers of processes draw no different masks.
@@ -64,13 +64,10 @@ def test_two_gloo_processes_match_one_process_and_resume_in_one(tmp_path, text_f
     train(tiny_config(tmp_path, text_file, *settings, f"train.out_dir={tmp_path / 'one'}"))
     train(tiny_config(tmp_path, text_file, *settings, f"train.out_dir={tmp_path / 'one5'}", "train.max_steps=5"))
 
-    # The same global batch (4 streams) as 2 processes x 2 streams, for the first 5 steps.
-    overrides = [f"{k}={v}" for k, v in (
-        ("data.path", text_file), ("data.url", "null"), ("data.cache_dir", tmp_path / "cache"),
-        ("tokenizer.kind", "char"), ("model.hidden_size", 32), ("model.num_layers", 1), ("optim.lr", 0.01),
-        ("optim.warmup_steps", 2), ("train.out_dir", tmp_path / "two"), ("train.batch_size", 4),
-        ("train.seq_len", 16), ("train.progress", "false"), ("train.device", "cpu"), ("train.precision", "fp32"))]
-    overrides += [s for s in settings if not s.startswith("train.max_steps")] + ["train.max_steps=5"]
+    # The same global batch (4 streams) as 2 processes x 2 streams, for the first 5 steps: the
+    # one-process runs' overrides exactly, so that no built-in default differs between them.
+    overrides = [*tiny_overrides(tmp_path, text_file), *settings, f"train.out_dir={tmp_path / 'two'}",
+                 "train.max_steps=5"]
     run = torchrun(2, overrides)
     print(run.stdout[-2000:], run.stderr[-3000:])
     assert run.returncode == 0, run.stderr[-3000:]
