@@ -127,6 +127,8 @@ class DataConfig:
     """Put between the documents of a folder or glob, after each one's final newline (one newline: a blank line)."""
     split: tuple = (0.8, 0.1, 0.1)
     """Fractions of the text for train, validation and test, cut at line ends; e.g. [0.9, 0.1, 0] for no test split."""
+    max_eval_chars: Optional[int] = 1_000_000
+    """Most characters the validation and the test split each take of a text to split; a larger text gives the rest to training (null: the fractions alone)."""
     valid_path: Optional[str] = None
     """A pre-split dataset's validation text (file, folder or glob): data.path is then the training text as it is, not split."""
     test_path: Optional[str] = None
@@ -148,6 +150,9 @@ class DataConfig:
                                  f"got {list(self.split)}")
         _check(self.split[0] > 0 and self.split[1] > 0, "data.split",
                f"must leave text for training and validation (only test may be 0), got {list(self.split)}")
+        _check(self.max_eval_chars is None or (isinstance(self.max_eval_chars, int) and not isinstance(self.max_eval_chars, bool)
+                                                  and self.max_eval_chars > 0),
+               "data.max_eval_chars", f"must be a whole number > 0 or null, got {self.max_eval_chars!r}")
         _check(self.test_path is None or self.valid_path is not None, "data.test_path",
                "needs data.valid_path too (a pre-split dataset names its validation text)")
         _check(self.valid_path is None or self.path != WAR_AND_PEACE_PATH, "data.valid_path",

@@ -192,8 +192,9 @@ def clean_text(text: str) -> str:
     return "".join(cleaner.clean([text.replace("\r\n", "\n")], has_start=documents.START_MARK in text))
 
 
-def split_text(text: str, fractions: tuple = (0.8, 0.1, 0.1)) -> dict[str, str]:
-    """Split cleaned text into ``train``, ``valid``, ``test`` at line ends (80/10/10 by default).
+def split_text(text: str, fractions: tuple = (0.8, 0.1, 0.1), max_eval_chars: int | None = None) -> dict[str, str]:
+    """Split cleaned text into ``train``, ``valid``, ``test`` at line ends (80/10/10 by default;
+    validation and test at most `max_eval_chars` characters each, see prepare.split_fractions).
 
     Train ends at the first newline at or after `fractions[0]` of the characters (the
     newline is train's), validation at the first newline at or after the first two
@@ -202,7 +203,7 @@ def split_text(text: str, fractions: tuple = (0.8, 0.1, 0.1)) -> dict[str, str]:
     cut falls at that character position instead. The fractions are taken as the
     decimals they are written as (0.8 is 4/5 exactly), so the cuts are exact.
     """
-    train_end, valid_end = prepare.split_points(len(text), fractions, lambda p: text.find("\n", p))
+    train_end, valid_end = prepare.split_points(len(text), fractions, lambda p: text.find("\n", p), max_eval_chars)
     return {"train": text[:train_end], "valid": text[train_end:valid_end], "test": text[valid_end:]}
 
 
@@ -235,7 +236,8 @@ def corpus_sources(dc: DataConfig, *, may_download: bool = True, progress: bool 
     split, or a pre-split dataset's files of each split (see pre_split_layout). A missing
     single file is downloaded from data.url only with `may_download`."""
     valid_path, test_path, path = pre_split_layout(dc.path, dc.valid_path, dc.test_path)
-    sources = prepare.Sources(fractions=tuple(dc.split), name=str(path), separator=dc.separator,
+    sources = prepare.Sources(fractions=tuple(dc.split), max_eval_chars=dc.max_eval_chars, name=str(path),
+                              separator=dc.separator,
                               encoding=dc.encoding, errors=dc.errors, progress=progress)
     if valid_path is not None:
         sources.pre_split = {"train": corpus_files(path, dc.glob), "valid": corpus_files(valid_path, dc.glob),
@@ -261,7 +263,7 @@ def read_splits(dc: DataConfig, *, may_download: bool = True, progress: bool = T
         text = "\0".join(splits[name] for name in SPLITS)
     else:
         text = read(sources.files)
-        splits = split_text(text, dc.split) if text.strip() else {}
+        splits = split_text(text, dc.split, dc.max_eval_chars) if text.strip() else {}
     if not any(t.strip() for t in splits.values()):
         raise RnnlmError(f"data file {sources.name} has no text left after removing the Project Gutenberg "
                          "header/footer; use another file")
@@ -285,7 +287,7 @@ def read_corpus(dc: DataConfig, *, progress: bool = True) -> CorpusText:
     text_hash, counts, stats = prepare.scan(sources)
     record = None
     if dc.cache_dir is not None and sources.pre_split is None:
-        key = _key("split", text_hash, repr(tuple(float(f) for f in dc.split)))
+        key = _key("split", text_hash, repr(tuple(float(f) for f in dc.split)), str(dc.max_eval_chars))
         record = Path(dc.cache_dir) / f"{key}.split"
     chars = prepare.split_chars(sources, counts, record)
     return CorpusText(sources=sources, source=source, text_hash=text_hash, chars=chars, cleaning=stats.describe())
@@ -310,6 +312,8 @@ def tokenize_corpus(text: CorpusText, dc: DataConfig, tc: TokenizerConfig,
         settings = [tc.kind, str(tc.vocab_size if tc.kind != "char" else 0)]
     if tuple(dc.split) != (0.8, 0.1, 0.1):  # the default keys as it always has
         settings.append(repr(tuple(float(f) for f in dc.split)))
+    if _capped(text, dc):
+        settings.append(f"valid and test at most {dc.max_eval_chars} characters")
     if sum(text.chars.values()) > prepare.TOKENIZER_CHARS:
         settings.append(f"learned from {prepare.TOKENIZER_CHARS}")
     key = _key(f"v{token_cache.FORMAT}", text.text_hash, *settings)
@@ -329,6 +333,13 @@ def tokenize_corpus(text: CorpusText, dc: DataConfig, tc: TokenizerConfig,
     tok, ids = cached
     return Corpus(tokenizer=tok, ids=ids, chars=text.chars, text_hash=text.text_hash, source=text.source,
                   cleaning=text.cleaning)
+
+
+def _capped(text: CorpusText, dc: DataConfig) -> bool:
+    """Whether data.max_eval_chars moved the split rule's cuts for this text."""
+    n = sum(text.chars.values())
+    return (text.sources.pre_split is None
+            and prepare.split_fractions(n, dc.split, dc.max_eval_chars) != prepare.split_fractions(n, dc.split))
 
 
 def _key(*parts: str) -> str:

@@ -49,15 +49,30 @@ SPLITS = ("train", "valid", "test")
 TOKENIZER_CHARS = 100_000_000
 
 
-def split_points(n: int, fractions: tuple, find: Callable[[int], int]) -> tuple[int, int]:
-    """(end of train, end of validation) of a text of `n` characters by the split rule:
-    train ends after the first newline at or after `fractions[0]` of the characters,
-    validation after the first at or after the first two fractions (at `n` when the test
-    fraction is 0). Where no such newline leaves the later splits non-empty (a text of a
-    few lines), the cut falls at that character position instead. `find(p)` is the index
-    of the first newline at or after p (-1 when none). The fractions are taken as the
-    decimals they are written as (0.8 is 4/5 exactly), so the cuts are exact."""
+def split_fractions(n: int, fractions: tuple, max_eval_chars: int | None = None) -> tuple[Fraction, ...]:
+    """The split rule's (train, valid, test) fractions of a text of `n` characters:
+    `fractions` taken as the decimals they are written as (0.8 is 4/5 exactly), with the
+    validation and the test fraction each lowered to `max_eval_chars` characters' worth
+    where it would hold more, the rest going to training: a large text needs no more
+    held-out text to score it precisely, and scoring it takes time."""
     train, valid, test = (Fraction(str(f)) for f in fractions)
+    if max_eval_chars is not None and n > 0:
+        cap = Fraction(max_eval_chars, n)
+        valid, test = min(valid, cap), min(test, cap)
+        train = 1 - valid - test
+    return train, valid, test
+
+
+def split_points(n: int, fractions: tuple, find: Callable[[int], int],
+                 max_eval_chars: int | None = None) -> tuple[int, int]:
+    """(end of train, end of validation) of a text of `n` characters by the split rule:
+    train ends after the first newline at or after the train fraction of the characters,
+    validation after the first at or after the first two fractions (at `n` when the test
+    fraction is 0), the fractions being `split_fractions`'. Where no such newline leaves
+    the later splits non-empty (a text of a few lines), the cut falls at that character
+    position instead. `find(p)` is the index of the first newline at or after p (-1 when
+    none). The cuts are exact (integer arithmetic on the fractions)."""
+    train, valid, test = split_fractions(n, fractions, max_eval_chars)
     parts = 3 if test else 2
     if n < parts:
         raise RnnlmError(f"the text has {n} character(s) after cleaning, too few for train, validation"
@@ -77,10 +92,10 @@ def _cut(n: int, find, fraction: Fraction, lo: int, hi: int) -> int:
     return min(max(at, lo), hi)
 
 
-def cut_points(n: int, fractions: tuple) -> list[int]:
+def cut_points(n: int, fractions: tuple, max_eval_chars: int | None = None) -> list[int]:
     """The positions `split_points` may ask `find` about, before it has an answer: every
     `find(p)` it makes is at one of these or right after the newline found for one."""
-    train, valid, _ = (Fraction(str(f)) for f in fractions)
+    train, valid, _ = split_fractions(n, fractions, max_eval_chars)
     ats = [-(-n * f.numerator // f.denominator) for f in (train, train + valid)]
     return sorted({p for at in ats for p in (at, max(at, 1), min(at, n))} | {0, 1, max(n - 2, 0)})
 
@@ -146,6 +161,7 @@ class Sources:
     files: list[Path] = field(default_factory=list)
     pre_split: dict[str, list[Path]] | None = None
     fractions: tuple = (0.8, 0.1, 0.1)
+    max_eval_chars: int | None = None  # see split_fractions
     name: str = ""  # data.path, as messages name it
     separator: str = "\n"
     encoding: str = "utf-8"
@@ -204,7 +220,7 @@ def scan(sources: Sources) -> tuple[str, dict[str, int], ReadStats]:
 def split_chars(sources: Sources, chars: dict[str, int], record: Path | None = None) -> dict[str, int]:
     """Pass 2: each split's characters (for a text to split, where the rule cuts it).
 
-    With a `record` (a file named by the text's hash and the fractions), the split found is
+    With a `record` (a file named by the text's hash and the split rule's settings), the split found is
     kept there, and read from it instead of the text the next time; a record that cannot
     be written or read only costs this pass again."""
     if sources.pre_split is not None:
@@ -213,8 +229,9 @@ def split_chars(sources: Sources, chars: dict[str, int], record: Path | None = N
     recalled = _recall(record, n) if record is not None else None
     if recalled is not None:
         return recalled
-    index = NewlineIndex(cut_points(n, sources.fractions)).scan(sources.texts("splitting")["text"])
-    train_end, valid_end = split_points(n, sources.fractions, index.find)
+    rule = (sources.fractions, sources.max_eval_chars)
+    index = NewlineIndex(cut_points(n, *rule)).scan(sources.texts("splitting")["text"])
+    train_end, valid_end = split_points(n, rule[0], index.find, rule[1])
     found = {"train": train_end, "valid": valid_end - train_end, "test": n - valid_end}
     if record is not None:
         try:

@@ -113,6 +113,10 @@ def prepare_corpus(cfg: Config, device: torch.device, resume: Optional[dict], ou
             raise RnnlmError(f"cannot resume {out / 'last.pt'}: the text of {cfg.data.path} (after "
                              "data.encoding/data.errors) differs from the one this run was trained on; "
                              "point data.path at that text")
+        if resume is not None and field(resume, TRAIN_CHARS) not in (None, text.chars["train"]):
+            raise RnnlmError(f"cannot resume {out / 'last.pt'}: this run trained on {field(resume, TRAIN_CHARS):,} "
+                             f"characters of the text, where data.split and data.max_eval_chars now leave "
+                             f"{text.chars['train']:,}; set them as the run had them (its config.yaml)")
         resolved = resolve_auto(cfg, device, text.chars["train"])  # the checkpoints keep the values
         corpus = tokenize_corpus(text, resolved.cfg.data, resolved.cfg.tokenizer, tokenizer_json)
     return resolved, corpus

@@ -159,6 +159,13 @@ def test_bad_split_fractions_are_one_line(value, problem):
     assert str(e.value) == f"config: data.split {problem}"
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "true", "1.5", "'many'"])
+def test_a_bad_max_eval_chars_is_one_line(value):
+    with pytest.raises(RnnlmError) as e:
+        load_config(None, [f"data.max_eval_chars={value}"])
+    assert "data.max_eval_chars" in str(e.value) and "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------
 # NaN and infinity: refused in every number of every section, whichever way it is given.
 # The fields are found by introspection, so a field added later is covered too.

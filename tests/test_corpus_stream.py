@@ -192,18 +192,43 @@ def test_pieces_encode_to_the_ids_of_the_whole(kind, monkeypatch):
 
 
 @pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.1), (0.9, 0.1, 0), (0.5, 0.25, 0.25)])
-def test_the_split_found_in_a_stream_is_the_split_of_the_whole(fractions):
+@pytest.mark.parametrize("max_eval_chars", [None, 7, 100])
+def test_the_split_found_in_a_stream_is_the_split_of_the_whole(fractions, max_eval_chars):
     rng = random.Random(2)
     texts = ["ab\n", "abc", "a\nb\nc\n", "abcdefghij\n", "one line only, long enough\n", "x\n" * 5,
              "\n".join("w" * rng.randint(0, 9) for _ in range(200)) + "\n"]
     for text in texts:
-        whole = data.split_text(text, fractions)
+        whole = data.split_text(text, fractions, max_eval_chars)
         n = len(text)
         blocks = [text[i:i + 3] for i in range(0, n, 3)]
-        index = prepare.NewlineIndex(prepare.cut_points(n, fractions)).scan(iter(blocks))
-        train_end, valid_end = prepare.split_points(n, fractions, index.find)
+        index = prepare.NewlineIndex(prepare.cut_points(n, fractions, max_eval_chars)).scan(iter(blocks))
+        train_end, valid_end = prepare.split_points(n, fractions, index.find, max_eval_chars)
         assert (text[:train_end], text[train_end:valid_end], text[valid_end:]) == \
             (whole["train"], whole["valid"], whole["test"]), text
+
+
+def test_a_large_text_holds_out_at_most_max_eval_chars_for_validation_and_for_test():
+    text = "".join(f"line {i:05d}\n" for i in range(10_000))  # 110,000 characters, 11 a line
+    parts = data.split_text(text, (0.8, 0.1, 0.1), max_eval_chars=5_000)
+    # Each cut is after the first newline at or after the capped fraction's position.
+    assert [len(parts[k]) for k in ("train", "valid", "test")] == [100_001, 5_005, 4_994]
+    assert "".join(parts.values()) == text
+    assert parts["test"].startswith("line 09546")
+    # A text whose tenths are under the cap splits as without it (War and Peace's 320 K).
+    assert data.split_text(text, (0.8, 0.1, 0.1), max_eval_chars=11_000) == data.split_text(text)
+    assert data.split_text(text, (0.9, 0.1, 0), max_eval_chars=5_000)["test"] == ""
+
+
+def test_a_capped_split_gives_training_the_rest_and_keys_its_own_token_cache(tmp_path, text_file):
+    tc = TokenizerConfig(kind="char", vocab_size=100)
+    corpus = {cap: data.load_corpus(DataConfig(path=str(text_file), url=None, max_eval_chars=cap,
+                                               cache_dir=str(tmp_path / "cache")), tc, progress=False)
+              for cap in (200, None)}
+    cut, whole = corpus[200].chars, corpus[None].chars
+    assert cut["valid"] < 300 and cut["test"] < 300 < whole["valid"]
+    assert cut["train"] > whole["train"] and sum(cut.values()) == sum(whole.values())
+    assert len(list((tmp_path / "cache").glob("*.ids"))) == 2  # neither read the other's ids
+    assert len(corpus[200].ids["valid"]) == cut["valid"]  # char ids: one per character
 
 
 # --- the token cache -------------------------------------------------------------------------

@@ -153,6 +153,14 @@ def test_resume_with_other_split_fractions_is_refused(tmp_path, text_file):
         train(tiny_config(tmp_path, text_file, "train.max_steps=10", "train.resume=true", "data.split=[0.9, 0.1, 0]"))
 
 
+def test_resume_with_another_max_eval_chars_is_refused_once_the_text_is_read(tmp_path, text_file):
+    train(tiny_config(tmp_path, text_file, "train.max_steps=5"))
+    with pytest.raises(RnnlmError, match=r"this run trained on 3,996 characters of the text, where data.split "
+                                         r"and data.max_eval_chars now leave 4,863; set them as the run had them"):
+        train(tiny_config(tmp_path, text_file, "train.max_steps=10", "train.resume=true", "data.max_eval_chars=100"))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5  # untouched
+
+
 def test_resume_on_another_text_is_refused(tmp_path, text_file):
     train(tiny_config(tmp_path, text_file, "train.max_steps=5"))
     text_file.write_text(text_file.read_text().replace("Napoleon", "Bonaparte"))
