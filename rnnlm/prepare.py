@@ -23,7 +23,7 @@ read as they are split.
 
 The vocabulary cap: byte-level BPE and word vocabularies are learned from at most the
 first `TOKENIZER_CHARS` (100 million) characters of the train split. A vocabulary of
-16,384 tokens, the largest `auto` gives, is settled long before that, while counting the
+4,096 tokens (what `auto` gives a large text) or 16,384 is settled long before that, while counting the
 words of a gigabyte would take most of a run's preparation and memory; every character
 is still tokenized and trained on.
 """

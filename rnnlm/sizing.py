@@ -8,7 +8,8 @@ overfit a book a fifth its size within two minutes (docs/tuning.md#your-own-text
 Each rule is anchored at War and Peace, where it gives the main config's own value, and
 scales with r = training characters / War and Peace's:
 
-    tokenizer.vocab_size   4096 * sqrt(r), to the nearest power of two, in [512, 16384]
+    tokenizer.vocab_size   up to War and Peace: 4096 * sqrt(r), to the nearest power of
+                           two, at least 512; above it: 4096
     model.dropout          0.15 * r ** -0.5, two decimals, in [0.05, 0.5]; 0 for a text
                            read at most once (max_epochs 1)
     train.max_epochs       up to War and Peace: the larger of 50 * r and 4 / sqrt(r);
@@ -18,12 +19,14 @@ so a smaller text gets fewer, better-seen BPE merges, stronger dropout and a cos
 schedule that ends after about 10 passes (for 500 K characters; more for a text of
 100 K, whose stronger dropout slows the learning), when a model of this size has learned
 what it can from it: in minutes the schedule would still be high when it starts to learn
-the text by heart. A larger text gets more merges, less dropout, and as many tokens as
-War and Peace's 50 passes (fewer passes the larger it is: one from 86 million characters on,
+the text by heart. A larger text keeps War and Peace's vocabulary (in the minutes of a
+CPU run a larger output layer costs more steps than its shorter token sequences win
+back), gets less dropout, and as many tokens as War and Peace's 50 passes (fewer passes the larger it is: one from 86 million characters on,
 too much to learn by heart, hence no dropout); on a CPU its minutes end the
 schedule first, on a GPU its passes. The rules up to War and Peace were chosen by
 measurement on four texts (docs/tuning.md#your-own-text), each kept only because it won
-there; those above it follow from the token budget (docs/scaling.md#corpora-larger-than-memory).
+there; above it the vocabulary was measured on a 21 MB text and the passes follow from the
+token budget (docs/tuning.md#your-own-text, docs/scaling.md#corpora-larger-than-memory).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def _ratio(train_chars: int) -> float:
 def vocab_size_for(train_chars: int) -> int:
     """BPE / word vocabulary for a training text of `train_chars` characters."""
     r = _ratio(train_chars)
-    return int(min(max(2 ** round(math.log2(ANCHOR_VOCAB * math.sqrt(r))), 512), 16384))
+    return int(max(2 ** round(math.log2(ANCHOR_VOCAB * math.sqrt(min(r, 1)))), 512))
 
 
 def dropout_for(train_chars: int) -> float:
