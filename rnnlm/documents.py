@@ -159,12 +159,12 @@ class GutenbergCleaner:
     def __init__(self, stats: ReadStats, separator: str = "\n"):
         self.stats, self.separator = stats, separator
         self.any_document = False
-        self.separators = 0  # characters of separators given out
+        self.added = 0  # characters given out that no file held: separators, missing final newlines
         self.doc = _Document()
 
     def clean(self, blocks: Iterable[str], has_start: bool) -> Iterator[str]:
         """The cleaned text of one file's blocks."""
-        state, buf, read, out_before = ("seek" if has_start else "body"), "", 0, self.stats.chars - self.separators
+        state, buf, read, out_before = ("seek" if has_start else "body"), "", 0, self.stats.chars - self.added
         for block in blocks:
             read += len(block)
             buf += block
@@ -176,7 +176,7 @@ class GutenbergCleaner:
             state, buf, out, _ = self._step(state, buf, final=True)
             yield from self._counted(out)
         yield from self._counted(self._close())
-        self.stats.removed += read - (self.stats.chars - self.separators - out_before)
+        self.stats.removed += read - (self.stats.chars - self.added - out_before)
 
     def _step(self, state: str, buf: str, final: bool) -> tuple[str, str, str, bool]:
         """(next state, text left in buf, text out, whether buf may hold more work)."""
@@ -196,6 +196,7 @@ class GutenbergCleaner:
     def _close(self) -> str:
         """End a document: its final newline (if it has text); the next one starts afresh."""
         out = "\n" if self.doc.started else ""
+        self.added += self.doc.started and not self.doc.pending  # the text did not end with a newline
         self.stats.documents += self.doc.started
         self.doc = _Document()
         return out
@@ -207,7 +208,7 @@ class GutenbergCleaner:
             self.doc.announced = True
             if self.any_document:
                 out = self.separator + out
-                self.separators += len(self.separator)
+                self.added += len(self.separator)
             self.any_document = True
         return out
 

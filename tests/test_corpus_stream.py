@@ -120,6 +120,19 @@ def test_documents_of_several_files_are_joined_by_the_separator(tmp_path):
         assert "".join(documents.cleaned_text(files, warn=False)) == data.read_documents(files)
 
 
+def test_the_characters_removed_count_only_what_the_files_held_and_the_text_lost(tmp_path):
+    texts = {"a.txt": "no final newline", "b.txt": "\n\nthree trailing\n\n\n", "c.txt": "crlf\r\nends\r\n",
+             "d.txt": book("D", "a book")}
+    for name, text in texts.items():
+        (tmp_path / name).write_bytes(text.encode("utf-8"))
+    stats = documents.ReadStats()
+    out = "".join(documents.cleaned_text(sorted(tmp_path.iterdir()), stats=stats, warn=False))
+    assert out == "no final newline\n\nthree trailing\n\ncrlf\nends\n\na book\n"
+    # b loses 2 leading and 2 of its 3 trailing newlines; d its Gutenberg header and footer.
+    header_footer = len(book("D", "a book").replace("\r\n", "\n")) - len("a book\n")  # CRLF read as LF
+    assert stats.removed == 4 + header_footer and stats.documents == 4
+
+
 def test_a_stream_skips_a_folders_empty_files_as_reading_whole_does(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text("first\n", encoding="utf-8")
     (tmp_path / "b.txt").write_text("  \n\t\n", encoding="utf-8")
