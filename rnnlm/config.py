@@ -150,9 +150,9 @@ class DataConfig:
                                  f"got {list(self.split)}")
         _check(self.split[0] > 0 and self.split[1] > 0, "data.split",
                f"must leave text for training and validation (only test may be 0), got {list(self.split)}")
-        _check(self.max_eval_chars is None or (isinstance(self.max_eval_chars, int) and not isinstance(self.max_eval_chars, bool)
-                                                  and self.max_eval_chars > 0),
-               "data.max_eval_chars", f"must be a whole number > 0 or null, got {self.max_eval_chars!r}")
+        cap = self.max_eval_chars
+        _check(cap is None or (isinstance(cap, int) and not isinstance(cap, bool) and cap > 0),
+               "data.max_eval_chars", f"must be a whole number > 0 or null, got {cap!r}")
         _check(self.test_path is None or self.valid_path is not None, "data.test_path",
                "needs data.valid_path too (a pre-split dataset names its validation text)")
         _check(self.valid_path is None or self.path != WAR_AND_PEACE_PATH, "data.valid_path",

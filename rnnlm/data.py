@@ -237,8 +237,7 @@ def corpus_sources(dc: DataConfig, *, may_download: bool = True, progress: bool 
     single file is downloaded from data.url only with `may_download`."""
     valid_path, test_path, path = pre_split_layout(dc.path, dc.valid_path, dc.test_path)
     sources = prepare.Sources(fractions=tuple(dc.split), max_eval_chars=dc.max_eval_chars, name=str(path),
-                              separator=dc.separator,
-                              encoding=dc.encoding, errors=dc.errors, progress=progress)
+                              separator=dc.separator, encoding=dc.encoding, errors=dc.errors, progress=progress)
     if valid_path is not None:
         sources.pre_split = {"train": corpus_files(path, dc.glob), "valid": corpus_files(valid_path, dc.glob),
                              "test": corpus_files(test_path, dc.glob) if test_path is not None else []}

@@ -23,9 +23,9 @@ read as they are split.
 
 The vocabulary cap: byte-level BPE and word vocabularies are learned from at most the
 first `TOKENIZER_CHARS` (100 million) characters of the train split. A vocabulary of
-4,096 tokens (what `auto` gives a large text) or 16,384 is settled long before that, while counting the
-words of a gigabyte would take most of a run's preparation and memory; every character
-is still tokenized and trained on.
+4,096 tokens (what `auto` gives a large text) or 16,384 is settled long before that,
+while counting the words of a gigabyte would take most of a run's preparation and
+memory; every character is still tokenized and trained on.
 """
 
 from __future__ import annotations
@@ -220,18 +220,18 @@ def scan(sources: Sources) -> tuple[str, dict[str, int], ReadStats]:
 def split_chars(sources: Sources, chars: dict[str, int], record: Path | None = None) -> dict[str, int]:
     """Pass 2: each split's characters (for a text to split, where the rule cuts it).
 
-    With a `record` (a file named by the text's hash and the split rule's settings), the split found is
-    kept there, and read from it instead of the text the next time; a record that cannot
-    be written or read only costs this pass again."""
+    With a `record` (a file named by the text's hash and the split rule's settings), the
+    split found is kept there, and read from it instead of the text the next time; a
+    record that cannot be written or read only costs this pass again."""
     if sources.pre_split is not None:
         return {name: chars.get(name, 0) for name in SPLITS}
     n = chars["text"]
     recalled = _recall(record, n) if record is not None else None
     if recalled is not None:
         return recalled
-    rule = (sources.fractions, sources.max_eval_chars)
-    index = NewlineIndex(cut_points(n, *rule)).scan(sources.texts("splitting")["text"])
-    train_end, valid_end = split_points(n, rule[0], index.find, rule[1])
+    fractions, cap = sources.fractions, sources.max_eval_chars
+    index = NewlineIndex(cut_points(n, fractions, cap)).scan(sources.texts("splitting")["text"])
+    train_end, valid_end = split_points(n, fractions, index.find, cap)
     found = {"train": train_end, "valid": valid_end - train_end, "test": n - valid_end}
     if record is not None:
         try:

@@ -21,9 +21,10 @@ schedule that ends after about 10 passes (for 500 K characters; more for a text 
 what it can from it: in minutes the schedule would still be high when it starts to learn
 the text by heart. A larger text keeps War and Peace's vocabulary (in the minutes of a
 CPU run a larger output layer costs more steps than its shorter token sequences win
-back), gets less dropout, and as many tokens as War and Peace's 50 passes (fewer passes the larger it is: one from 86 million characters on,
-too much to learn by heart, hence no dropout); on a CPU its minutes end the
-schedule first, on a GPU its passes. The rules up to War and Peace were chosen by
+back), gets less dropout, and as many tokens as War and Peace's 50 passes (fewer
+passes the larger it is: one from 86 million characters on, too much to learn by
+heart, hence no dropout); on a CPU its minutes end the schedule first, on a GPU its
+passes. The rules up to War and Peace were chosen by
 measurement on four texts (docs/tuning.md#your-own-text), each kept only because it won
 there; above it the vocabulary was measured on a 21 MB text and the passes follow from the
 token budget (docs/tuning.md#your-own-text, docs/scaling.md#corpora-larger-than-memory).
